@@ -1,0 +1,45 @@
+"""The contract every architecture keeps: one output per task, and a named split into shared and task parts."""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+from torch import Tensor, nn
+
+Inputs = Any  # a Tensor, or a dict of Tensors (e.g. {"num": float[N, d], "cat": long[N, c]})
+Representation = Any  # a Tensor or a tuple of Tensors
+
+
+class MultiTaskModel(nn.Module):
+    """Base class: ``forward(inputs, tasks=None) -> {task: output}``.
+
+    A model is ``heads(shared(inputs), tasks)``. ``shared`` computes the shared representation (what
+    feature-level balancing methods differentiate against); ``heads`` runs only the requested tasks.
+    """
+
+    task_names: list[str]
+
+    def shared(self, inputs: Inputs) -> Representation:
+        raise NotImplementedError
+
+    def heads(self, representation: Representation, tasks: Sequence[str]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, inputs: Inputs, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
+        tasks = self._check_tasks(tasks)
+        return self.heads(self.shared(inputs), tasks)
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters that every task's loss depends on (empty for one-model-per-task)."""
+        raise NotImplementedError
+
+    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
+        """Parameters that only `task`'s loss depends on."""
+        raise NotImplementedError
+
+    def _check_tasks(self, tasks: Sequence[str] | None) -> list[str]:
+        if tasks is None:
+            return list(self.task_names)
+        unknown = [t for t in tasks if t not in self.task_names]
+        if unknown:
+            raise KeyError(f"unknown task(s) {unknown}; this model has {self.task_names}")
+        return list(tasks)

@@ -1,0 +1,42 @@
+"""Hard parameter sharing (Caruana 1997): one shared trunk, one small head per task."""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+from torch import Tensor, nn
+
+from multitask.models.base import Inputs, MultiTaskModel
+from multitask.models.layers import InputSchema, TabularMLP, mlp
+from multitask.tasks import Task
+
+
+class HardSharing(MultiTaskModel):
+    """``trunk`` is any module mapping inputs to a [N, trunk_dim] representation; heads are MLPs on top."""
+
+    def __init__(self, tasks: Sequence[Task], trunk: nn.Module, trunk_dim: int,
+                 head_hidden: Sequence[int] = (), dropout: float = 0.0) -> None:
+        super().__init__()
+        self.task_names = [t.name for t in tasks]
+        self.trunk = trunk
+        self.task_heads = nn.ModuleDict(
+            {t.name: mlp(trunk_dim, head_hidden, t.out_dim, dropout=dropout) for t in tasks}
+        )
+
+    @classmethod
+    def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
+                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, dropout: float = 0.0) -> "HardSharing":
+        """The built-in tabular model: categorical embeddings + MLP trunk, MLP heads."""
+        trunk = TabularMLP(schema, hidden, embedding_dim, dropout)
+        return cls(tasks, trunk, trunk.out_dim, head_hidden, dropout)
+
+    def shared(self, inputs: Inputs) -> Tensor:
+        return self.trunk(inputs)
+
+    def heads(self, representation: Tensor, tasks: Sequence[str]) -> dict[str, Tensor]:
+        return {t: self.task_heads[t](representation) for t in tasks}
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        return self.trunk.parameters()
+
+    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
+        return self.task_heads[task].parameters()

@@ -1,0 +1,74 @@
+"""Building blocks: an MLP and an encoder for tabular inputs (numeric columns + categorical embeddings)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class InputSchema:
+    """Shape of tabular inputs: how many numeric columns and the vocabulary size of each categorical one."""
+
+    num_features: int
+    cat_cardinalities: Sequence[int] = field(default_factory=tuple)
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout: float = 0.0) -> nn.Sequential:
+    """Linear-ReLU(-Dropout) layers; a final Linear to `out_dim` without activation when it is given."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        d = h
+    if out_dim is not None:
+        layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
+
+
+def mlp_out_dim(in_dim: int, hidden: Sequence[int]) -> int:
+    return hidden[-1] if hidden else in_dim
+
+
+class TabularEncoder(nn.Module):
+    """Concatenates numeric columns with one learned embedding per categorical column.
+
+    Accepts ``{"num": float[N, d], "cat": long[N, c]}`` or a plain float tensor of numeric columns.
+    Embedding width per column is ``min(embedding_dim, (cardinality + 1) // 2)`` so tiny vocabularies stay small.
+    """
+
+    def __init__(self, schema: InputSchema, embedding_dim: int = 8) -> None:
+        super().__init__()
+        self.schema = schema
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(card, max(1, min(embedding_dim, (card + 1) // 2))) for card in schema.cat_cardinalities
+        )
+        self.out_dim = schema.num_features + sum(e.embedding_dim for e in self.embeddings)
+
+    def forward(self, inputs: Tensor | dict[str, Tensor]) -> Tensor:
+        if isinstance(inputs, Tensor):
+            return inputs
+        parts = []
+        if self.schema.num_features:
+            parts.append(inputs["num"])
+        if len(self.embeddings):
+            cat = inputs["cat"]
+            parts.extend(emb(cat[:, j]) for j, emb in enumerate(self.embeddings))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+
+class TabularMLP(nn.Module):
+    """Encoder + MLP: the built-in trunk for tabular data."""
+
+    def __init__(self, schema: InputSchema, hidden: Sequence[int], embedding_dim: int = 8, dropout: float = 0.0):
+        super().__init__()
+        self.encoder = TabularEncoder(schema, embedding_dim)
+        self.body = mlp(self.encoder.out_dim, hidden, dropout=dropout)
+        self.out_dim = mlp_out_dim(self.encoder.out_dim, hidden)
+
+    def forward(self, inputs: Tensor | dict[str, Tensor]) -> Tensor:
+        return self.body(self.encoder(inputs))

@@ -1,0 +1,66 @@
+"""Multi-gate Mixture-of-Experts (Ma et al., KDD 2018).
+
+Shared experts f_i(x); per task k a softmax gate g^k(x) = softmax(W_k x) and a tower h^k:
+y_k = h^k( sum_i g^k(x)_i f_i(x) ).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from multitask.models.base import Inputs, MultiTaskModel
+from multitask.models.layers import InputSchema, TabularEncoder, mlp, mlp_out_dim
+from multitask.tasks import Task
+
+
+class MMoE(MultiTaskModel):
+    """Experts and the input encoder are shared; gates and towers belong to their task.
+
+    The shared representation is the pair (encoded input, expert outputs [N, E, d]): gates read the first,
+    towers read the gated mixture of the second.
+    """
+
+    def __init__(self, tasks: Sequence[Task], encoder: nn.Module, in_dim: int, n_experts: int = 8,
+                 expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (32,),
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        if n_experts < 1:
+            raise ValueError(f"n_experts must be >= 1, got {n_experts}")
+        if not expert_hidden:
+            raise ValueError("expert_hidden needs at least one layer")
+        self.task_names = [t.name for t in tasks]
+        self.encoder = encoder
+        self.experts = nn.ModuleList(mlp(in_dim, expert_hidden, dropout=dropout) for _ in range(n_experts))
+        d = mlp_out_dim(in_dim, expert_hidden)
+        self.gates = nn.ModuleDict({t.name: nn.Linear(in_dim, n_experts) for t in tasks})
+        self.towers = nn.ModuleDict({t.name: mlp(d, tower_hidden, t.out_dim, dropout=dropout) for t in tasks})
+
+    @classmethod
+    def tabular(cls, tasks: Sequence[Task], schema: InputSchema, n_experts: int = 8,
+                expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (32,),
+                embedding_dim: int = 8, dropout: float = 0.0) -> "MMoE":
+        encoder = TabularEncoder(schema, embedding_dim)
+        return cls(tasks, encoder, encoder.out_dim, n_experts, expert_hidden, tower_hidden, dropout)
+
+    def shared(self, inputs: Inputs) -> tuple[Tensor, Tensor]:
+        x = self.encoder(inputs)
+        return x, torch.stack([e(x) for e in self.experts], dim=1)
+
+    def heads(self, representation: tuple[Tensor, Tensor], tasks: Sequence[str]) -> dict[str, Tensor]:
+        x, experts = representation
+        out = {}
+        for t in tasks:
+            gate = torch.softmax(self.gates[t](x), dim=-1)  # [N, E]
+            mixed = torch.einsum("ne,ned->nd", gate, experts)
+            out[t] = self.towers[t](mixed)
+        return out
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.encoder.parameters()
+        yield from self.experts.parameters()
+
+    def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
+        yield from self.gates[task].parameters()
+        yield from self.towers[task].parameters()

@@ -1,0 +1,4 @@
+"""Training: the `Trainer`, checkpoints and early stopping."""
+from multitask.training.trainer import StopTraining, Trainer, TrainerConfig, read_metrics
+
+__all__ = ["Trainer", "TrainerConfig", "StopTraining", "read_metrics"]
