@@ -158,15 +158,15 @@ def compute(kind: str, metric: str, scores: np.ndarray, target: np.ndarray, mask
     return METRICS_BY_KIND[kind][metric](scores, target, mask)
 
 
-def delta_m(
+def delta_m_terms(
     results: Mapping[str, Mapping[str, float]],
     baselines: Mapping[str, Mapping[str, float]],
-) -> float:
-    """Δm (Maninis et al., CVPR 2019), in percent: the mean over every (task, metric) pair of
-    ``(-1)^l * (M - M_base) / M_base``, with l = 1 where lower is better. Positive means better than the
-    single-task baselines. A pair missing from the baselines, or with a zero or NaN baseline, is an error.
-    """
-    terms = []
+) -> tuple[dict[str, float], list[str]]:
+    """Per (task.metric) signed relative change ``(-1)^l (M - M_base) / |M_base|`` (l = 1 where lower is
+    better), and the pairs left out because their baseline is 0 or NaN (the change is undefined there).
+    A task or metric missing from the baselines is an error."""
+    terms: dict[str, float] = {}
+    undefined: list[str] = []
     for task, ms in results.items():
         if task not in baselines:
             raise KeyError(f"no baseline for task {task!r}; baselines have {sorted(baselines)}")
@@ -174,10 +174,21 @@ def delta_m(
             if metric not in baselines[task]:
                 raise KeyError(f"no baseline for metric {metric!r} of task {task!r}")
             base = baselines[task][metric]
-            if base == 0 or math.isnan(base):
-                raise ValueError(f"baseline {task}.{metric} is {base}: Δm divides by it")
+            if base == 0 or math.isnan(base) or math.isnan(value):
+                undefined.append(f"{task}.{metric}")
+                continue
             sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-            terms.append(sign * (value - base) / abs(base))
-    if not terms:
-        raise ValueError("Δm needs at least one (task, metric) pair")
-    return 100.0 * float(np.mean(terms))
+            terms[f"{task}.{metric}"] = sign * (value - base) / abs(base)
+    return terms, undefined
+
+
+def delta_m(
+    results: Mapping[str, Mapping[str, float]],
+    baselines: Mapping[str, Mapping[str, float]],
+) -> float:
+    """Δm (Maninis et al., CVPR 2019), in percent: the mean over every (task, metric) pair of
+    ``(-1)^l * (M - M_base) / M_base``, with l = 1 where lower is better. Positive means better than the
+    single-task baselines. Pairs whose baseline is 0 or NaN are left out (see `delta_m_terms`); NaN if none is left.
+    """
+    terms, _ = delta_m_terms(results, baselines)
+    return 100.0 * float(np.mean(list(terms.values()))) if terms else math.nan

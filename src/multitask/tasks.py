@@ -82,6 +82,9 @@ class Task:
 
     def _squeeze(self, output: Tensor) -> Tensor:
         if self.kind in ("regression", "binary") and self.n_outputs == 1 and output.dim() > 1:
+            if output.shape[-1] != 1:
+                raise ValueError(f"task {self.name!r}: expected outputs of shape [N, 1] or [N], got "
+                                 f"{tuple(output.shape)}")
             return output[..., 0]
         return output
 

@@ -186,7 +186,7 @@ class Trainer:
                 counts[t] += 1
             bar.update()
             if c.progress and step % 25 == 0:
-                bar.set_postfix({t: f"{float(l):.4f}" for t, l in losses.items()}, refresh=False)
+                bar.set_postfix({t: f"{l.item():.4f}" for t, l in losses.items()}, refresh=False)
         bar.close()
         self.epoch += 1
         return {

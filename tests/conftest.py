@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from multitask import Task
+from multitask.data import MultiTaskData
+
+
+@pytest.fixture(scope="session")
+def census_small():
+    from multitask.data import load_census_income
+
+    return load_census_income(limit=3000, seed=0)
+
+
+@pytest.fixture(scope="session")
+def yeast_small():
+    from multitask.data import load_yeast
+
+    return load_yeast(seed=0)
+
+
+def synthetic(n: int = 512, seed: int = 0, missing: float = 0.0) -> tuple[list[Task], MultiTaskData]:
+    """Three tasks of three kinds on 8 numeric inputs; a `missing` fraction of labels removed."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    w = torch.randn(8, 3, generator=g)
+    z = x @ w
+    reg = z[:, 0] + 0.1 * torch.randn(n, generator=g)
+    binary = (z[:, 1] > 0).float()
+    cls = torch.bucketize(z[:, 2].contiguous(), torch.tensor([-0.5, 0.5]))
+    if missing:
+        reg[torch.rand(n, generator=g) < missing] = float("nan")
+        binary[torch.rand(n, generator=g) < missing] = float("nan")
+        cls[torch.rand(n, generator=g) < missing] = -1
+    tasks = [Task("reg", "regression"), Task("bin", "binary"), Task("cls", "multiclass", n_outputs=3)]
+    return tasks, MultiTaskData(x, {"reg": reg, "bin": binary, "cls": cls})

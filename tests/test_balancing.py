@@ -1,0 +1,80 @@
+import math
+
+import pytest
+import torch
+
+from multitask import Equal, Static, Task, Uncertainty
+from multitask.balancing import BALANCERS
+
+TASKS = [Task("r", "regression"), Task("b", "binary"), Task("c", "multiclass", n_outputs=3, importance=2.0)]
+
+
+def _losses():
+    return {"r": torch.tensor(0.8), "b": torch.tensor(0.3), "c": torch.tensor(1.7)}
+
+
+def test_equal_is_the_plain_sum():
+    assert Equal(TASKS).combine(_losses()).item() == pytest.approx(0.8 + 0.3 + 1.7)
+
+
+def test_static_uses_importance_and_overrides():
+    assert Static(TASKS).combine(_losses()).item() == pytest.approx(0.8 + 0.3 + 2 * 1.7)
+    s = Static(TASKS, weights={"b": 0.5})
+    assert s.combine(_losses()).item() == pytest.approx(0.8 + 0.5 * 0.3 + 2 * 1.7)
+    assert s.weights() == {"r": 1.0, "b": 0.5, "c": 2.0}
+    with pytest.raises(KeyError, match="unknown task"):
+        Static(TASKS, weights={"zz": 1.0})
+    with pytest.raises(ValueError, match="must be >= 0"):
+        Static(TASKS, weights={"r": -1.0})
+
+
+def test_uncertainty_matches_kendall_formula():
+    u = Uncertainty(TASKS)
+    s = torch.tensor([0.4, -0.3, 1.1])
+    with torch.no_grad():
+        u.log_vars.copy_(s)
+    L = _losses()
+    # regression: 1/(2 sigma^2) L + log sigma ; classification: 1/sigma^2 L + log sigma ; s = log sigma^2
+    sigma2 = torch.exp(s)
+    expected = (L["r"] / (2 * sigma2[0]) + torch.log(sigma2[0].sqrt())
+                + L["b"] / sigma2[1] + torch.log(sigma2[1].sqrt())
+                + L["c"] / sigma2[2] + torch.log(sigma2[2].sqrt()))
+    assert u.combine(L).item() == pytest.approx(expected.item(), rel=1e-6)
+    w = u.weights()
+    assert w["r"] == pytest.approx(0.5 / math.exp(0.4)) and w["b"] == pytest.approx(1 / math.exp(-0.3))
+
+
+def test_uncertainty_optimum_is_sigma_squared_equal_loss():
+    # d/ds [c e^{-s} L + s/2] = 0  ->  s* = log(2 c L): the learned variance tracks the task's loss
+    u = Uncertainty([Task("r", "regression")])
+    opt = torch.optim.SGD(u.parameters(), lr=0.1)
+    for _ in range(2000):
+        opt.zero_grad()
+        u.combine({"r": torch.tensor(3.0)}).backward()
+        opt.step()
+    assert u.log_vars.item() == pytest.approx(math.log(2 * 0.5 * 3.0), abs=1e-3)
+
+
+def test_uncertainty_ignores_tasks_without_labels_in_the_batch():
+    u = Uncertainty(TASKS)
+    present = {"r": torch.tensor(True), "b": torch.tensor(False), "c": torch.tensor(True)}
+    u.combine(_losses(), present).backward()
+    assert u.log_vars.grad[1].item() == 0.0 and u.log_vars.grad[0].item() != 0.0
+
+
+def test_uncertainty_state_is_checkpointable():
+    u = Uncertainty(TASKS)
+    with torch.no_grad():
+        u.log_vars.add_(1.5)
+    v = Uncertainty(TASKS)
+    v.load_state_dict(u.state_dict())
+    assert torch.equal(v.log_vars, u.log_vars)
+
+
+def test_losses_must_match_tasks():
+    with pytest.raises(KeyError, match="missing tasks"):
+        Equal(TASKS).combine({"r": torch.tensor(1.0)})
+
+
+def test_registry_names():
+    assert set(BALANCERS) == {"equal", "static", "uncertainty"}
