@@ -1,0 +1,23 @@
+"""The shipped examples run as documented."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from multitask import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_runs_and_learns():
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py")], capture_output=True,
+                         text=True, check=True, timeout=300).stdout
+    metrics = ast.literal_eval(out.splitlines()[0])  # the printed dict of metrics
+    assert metrics["price"]["r2"] > 0.9 and metrics["clicked"]["auc"] > 0.9
+
+
+def test_example_configs_are_valid():
+    for path in (ROOT / "examples").glob("*.yaml"):
+        config.validate(yaml.safe_load(path.read_text()))
