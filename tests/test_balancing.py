@@ -57,7 +57,7 @@ def test_uncertainty_optimum_is_sigma_squared_equal_loss():
 
 def test_uncertainty_ignores_tasks_without_labels_in_the_batch():
     u = Uncertainty(TASKS)
-    present = {"r": torch.tensor(True), "b": torch.tensor(False), "c": torch.tensor(True)}
+    present = {"r": True, "b": False, "c": True}
     u.combine(_losses(), present).backward()
     assert u.log_vars.grad[1].item() == 0.0 and u.log_vars.grad[0].item() != 0.0
 

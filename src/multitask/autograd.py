@@ -1,25 +1,169 @@
-"""The gradient engine: turns per-task losses into `.grad` on every parameter, computing only what the
-balancer `requires`. It knows no particular method.
+"""The gradient engine: one training step's forward pass, per-task losses and `.grad` on every parameter,
+computing only what the balancer `requires`. It knows no particular method.
 
-Requirements served now: ``"losses"`` (one backward of the balancer's combined objective).
+- ``"losses"``: forward, ``balancer.combine(losses).backward()``: one backward pass.
+- ``"gramian"`` / ``"jacobian"``: the model runs as ``heads(shared(inputs))``. Each task's head reads its
+  own detached copy of the shared representation z, so ONE backward pass through the heads yields every
+  task's gradient on z (F, T' x |z|) and gives each head its own task's gradient, never another's. Then
+  - features mode: the method sees F (or its Gramian F F^T); z.backward(aggregated F) once through the trunk;
+  - parameters mode: one batched (vmap) backward through the trunk turns F into the Jacobian J on the shared
+    parameters (T' x P); the method sees J (or J J^T) and the aggregated row is written to `.grad`.
+  Tasks without labels in the batch drop out of F and J for that step. With ``every=k`` the weights are
+  recomputed every k steps; in between the cached weights combine F with no Gramian and no solver.
+As in Sener & Koltun (2018), task-specific parameters get their task's plain gradient; only the shared
+parameters receive the balanced direction.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
+import numpy as np
+import torch
 from torch import Tensor
 
-from multitask.balancing.base import Balancer
+from multitask.balancing.base import Balancer, GradientBalancer, GramianBalancer, JacobianBalancer, LossBalancer
 from multitask.models.base import MultiTaskModel
 
+LossOf = Callable[[str, Tensor], Tensor]  # (task name, model output) -> scalar loss
 
-def backward(losses: Mapping[str, Tensor], balancer: Balancer, model: MultiTaskModel,
-             present: Mapping[str, Tensor] | None = None) -> Tensor:
-    """Write `.grad` for one step; returns the scalar that was differentiated (for logging)."""
-    if balancer.requires == "losses":
-        total = balancer.combine(losses, present)
-        total.backward()
-        return total.detach()
-    raise ValueError(
-        f"balancer {type(balancer).__name__} requires {balancer.requires!r}, which this engine does not provide"
-    )
+
+def backward(model: MultiTaskModel, balancer: Balancer, inputs: Any, loss_of: LossOf,
+             present: Mapping[str, bool] | None = None) -> dict[str, Tensor]:
+    """Run one step's forward and write `.grad`; returns the per-task losses (with their graphs freed)."""
+    tasks = balancer.task_names
+    present = present if present is not None else {t: True for t in tasks}
+    if isinstance(balancer, LossBalancer):
+        outputs = model(inputs)
+        losses = {t: loss_of(t, outputs[t]) for t in tasks}
+        balancer.combine(losses, present).backward()
+        return losses
+    if isinstance(balancer, GradientBalancer):
+        return _gradient_step(model, balancer, inputs, loss_of, present)
+    raise TypeError(f"{type(balancer).__name__} requires {balancer.requires!r}, which this engine does not provide")
+
+
+def _as_parts(rep: Any) -> tuple[Tensor, ...]:
+    return tuple(rep) if isinstance(rep, (tuple, list)) else (rep,)
+
+
+def _like(rep: Any, parts: tuple) -> Any:
+    return parts if isinstance(rep, (tuple, list)) else parts[0]
+
+
+def _accumulate(param: torch.nn.Parameter, grad: Tensor) -> None:
+    if param.grad is None:
+        param.grad = grad.detach().clone()
+    else:
+        param.grad.add_(grad)
+
+
+def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: Any, loss_of: LossOf,
+                   present: Mapping[str, bool]) -> dict[str, Tensor]:
+    tasks = balancer.task_names
+    rep = model.shared(inputs)
+    parts = _as_parts(rep)
+    diff = [k for k, p in enumerate(parts) if isinstance(p, Tensor) and p.requires_grad]
+    # every task gets its own leaf copy of the differentiable parts of the representation
+    leaves: dict[str, tuple] = {}
+    for t in tasks:
+        leaves[t] = tuple(p.detach().requires_grad_() if k in diff else p for k, p in enumerate(parts))
+    losses = {t: loss_of(t, model.heads(_like(rep, leaves[t]), [t])[t]) for t in tasks}
+    active = [t for t in tasks if present[t]]
+    head_params = _unique(p for t in tasks for p in model.task_parameters(t) if p.requires_grad)
+    if not active:  # no labels for any task in this batch: nothing to learn from, nothing to write
+        return losses
+    wrt = [leaves[t][k] for t in active for k in diff] + head_params
+    grads = torch.autograd.grad(sum(losses[t] for t in active), wrt, allow_unused=True)
+    n_feat = len(active) * len(diff)
+    for p, g in zip(head_params, grads[n_feat:]):
+        if g is not None:
+            _accumulate(p, g)
+    shared = [p for p in model.shared_parameters() if p.requires_grad]
+    if not diff or not shared:  # nothing shared (e.g. Independent): each network already has its gradient
+        balancer._record([1.0] * len(active), [tasks.index(t) for t in active])
+        return losses
+    # F[k]: per-task gradients on part k of the representation, stacked [T', *part.shape]
+    F = [torch.stack([_or_zeros(grads[i * len(diff) + j], parts[k]) for i in range(len(active))])
+         for j, k in enumerate(diff)]
+    index = np.array([tasks.index(t) for t in active])
+    loss_values = torch.stack([losses[t].detach() for t in active])
+    targets = [parts[k] for k in diff]
+    recompute = balancer.recompute_now()
+    balancer.steps += 1
+
+    if isinstance(balancer, GramianBalancer) and not recompute:
+        w = balancer.cached_weights[torch.as_tensor(index)]
+        balancer._record(w.tolist(), index)
+        torch.autograd.backward(targets, [_combine(w, f) for f in F])
+        return losses
+
+    if balancer.mode == "features":
+        if isinstance(balancer, GramianBalancer):
+            gram = sum(_gram(f.flatten(1)) for f in F)
+            w = _solve(balancer, gram, loss_values, index)
+            torch.autograd.backward(targets, [_combine(w, f) for f in F])
+        else:
+            flat = torch.cat([f.flatten(1) for f in F], dim=1)
+            d = _aggregate(balancer, flat, loss_values, index)
+            torch.autograd.backward(targets, _split(d, [f[0] for f in F]))
+        return losses
+
+    jac = torch.autograd.grad(targets, shared, grad_outputs=F, is_grads_batched=True, allow_unused=True)
+    J = torch.cat([(g if g is not None else torch.zeros((len(active),) + p.shape, device=p.device,
+                                                         dtype=p.dtype)).reshape(len(active), -1)
+                   for g, p in zip(jac, shared)], dim=1)
+    if isinstance(balancer, GramianBalancer):
+        w = _solve(balancer, _gram(J), loss_values, index)
+        d = w.to(J.dtype) @ J
+    else:
+        d = _aggregate(balancer, J, loss_values, index)
+    for p, g in zip(shared, _split(d, shared)):
+        _accumulate(p, g)
+    return losses
+
+
+def _unique(params) -> list[torch.nn.Parameter]:
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if g is None else g
+
+
+def _gram(M: Tensor) -> Tensor:
+    return M @ M.T
+
+
+def _combine(w: Tensor, f: Tensor) -> Tensor:
+    return torch.tensordot(w.to(f.dtype), f, dims=1)
+
+
+def _split(d: Tensor, like: list[Tensor]) -> list[Tensor]:
+    out, offset = [], 0
+    for t in like:
+        n = t.numel()
+        out.append(d[offset:offset + n].view_as(t))
+        offset += n
+    return out
+
+
+def _solve(balancer: GramianBalancer, gram: Tensor, losses: Tensor, index: np.ndarray) -> Tensor:
+    K = gram.detach().double().cpu().numpy()
+    w = np.asarray(balancer.solve(K, losses.double().cpu().numpy(), index), dtype=np.float64)
+    if w.shape != (len(index),) or not np.all(np.isfinite(w)):
+        raise FloatingPointError(f"{type(balancer).__name__} returned invalid weights {w}")
+    balancer.cached_weights[torch.as_tensor(index)] = torch.as_tensor(w, dtype=torch.float64)
+    balancer._record(w.tolist(), index)
+    return torch.as_tensor(w, dtype=gram.dtype, device=gram.device)
+
+
+def _aggregate(balancer: JacobianBalancer, M: Tensor, losses: Tensor, index: np.ndarray) -> Tensor:
+    d = balancer.aggregate(M, losses, index)
+    if d.shape != (M.shape[1],) or not torch.isfinite(d).all():
+        raise FloatingPointError(f"{type(balancer).__name__} returned an invalid direction")
+    return d

@@ -108,12 +108,12 @@ def _methods(args: argparse.Namespace) -> int:
     def first_line(obj: object) -> str:
         return (obj.__doc__ or "").strip().splitlines()[0]
 
-    print("balancers:")
+    print("balancers (name, what it needs, description; `multitask.balancing` has each paper and formula):")
     for name, cls in BALANCERS.items():
-        print(f"  {name:<14} {first_line(__import__(cls.__module__, fromlist=['_']))}")
+        print(f"  {name:<12} {cls.requires:<9} {first_line(cls)}")
     print("models:")
     for name, cls in MODELS.items():
-        print(f"  {name:<14} {first_line(__import__(cls.__module__, fromlist=['_']))}")
+        print(f"  {name:<12} {first_line(cls)}")
     return 0
 
 

@@ -12,11 +12,11 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from multitask.balancing.base import Balancer
+from multitask.balancing.base import LossBalancer
 from multitask.tasks import Task
 
 
-class Uncertainty(Balancer):
+class Uncertainty(LossBalancer):
     """Homoscedastic-uncertainty weights; `log_vars` are trained with the model and kept in the checkpoint."""
 
     name = "uncertainty"
@@ -29,13 +29,13 @@ class Uncertainty(Balancer):
             "scale", torch.tensor([0.5 if t.kind == "regression" else 1.0 for t in tasks])
         )
 
-    def combine(self, losses: Mapping[str, Tensor], present: Mapping[str, Tensor] | None = None) -> Tensor:
+    def combine(self, losses: Mapping[str, Tensor], present: Mapping[str, bool] | None = None) -> Tensor:
         self._check(losses)
         loss_vec = torch.stack([losses[t] for t in self.task_names])
         weights = self.scale * torch.exp(-self.log_vars)
         terms = weights * loss_vec + 0.5 * self.log_vars
         if present is not None:  # a task without labels in this batch must not push its sigma towards 0
-            keep = torch.stack([present[t] for t in self.task_names])
+            keep = torch.tensor([bool(present[t]) for t in self.task_names], device=terms.device)
             terms = torch.where(keep, terms, torch.zeros_like(terms))
         return terms.sum()
 

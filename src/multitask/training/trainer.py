@@ -153,6 +153,7 @@ class Trainer:
                         record["best"] = True
                 if self.scheduler is not None:
                     self.scheduler.step()
+                self.balancer.epoch_end(self.epoch)
                 self._log(record)
                 history.append(record)
                 self._save(best=bool(record.get("best")))
@@ -201,12 +202,14 @@ class Trainer:
                    masks: Mapping[str, Tensor | None] | None = None) -> dict[str, Tensor]:
         """One optimisation step on one batch; returns the per-task losses."""
         masks = masks or {}
-        outputs = self.model(inputs)
-        losses = {t: task.loss(outputs[t], targets[t], masks.get(t)) for t, task in self.tasks.items()}
-        present = {t: (m.any() if m is not None else torch.ones((), dtype=torch.bool, device=self.device))
-                   for t, m in ((t, masks.get(t)) for t in self.tasks)}
+        tasks = self.tasks
+
+        def loss_of(t: str, output: Tensor) -> Tensor:
+            return tasks[t].loss(output, targets[t], masks.get(t))
+
+        present = {t: True if masks.get(t) is None else bool(masks[t].any()) for t in tasks}
         self.optimizer.zero_grad(set_to_none=True)
-        autograd.backward(losses, self.balancer, self.model, present)
+        losses = autograd.backward(self.model, self.balancer, inputs, loss_of, present)
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()

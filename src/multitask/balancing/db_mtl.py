@@ -1,0 +1,57 @@
+"""DB-MTL (Lin et al., 2023): dual balancing of loss scales and gradient magnitudes.
+
+Loss scale: each task is trained on log L_t, whose gradient is g_t / L_t. Gradient magnitude: keep an
+exponential moving average g^_t of those gradients (rate `beta`) and rescale every one to the largest norm:
+d = sum_t (max_s ||g^_s|| / ||g^_t||) g^_t. The moving averages are part of the checkpoint.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from multitask.balancing.base import JacobianBalancer
+from multitask.tasks import Task
+
+
+class DBMTL(JacobianBalancer):
+    """Log-loss gradients, averaged over steps and brought to a common norm."""
+
+    name = "db_mtl"
+
+    def __init__(self, tasks: Sequence[Task], mode: str = "parameters", every: int = 1, beta: float = 0.9) -> None:
+        super().__init__(tasks, mode, every)
+        if every != 1:
+            raise ValueError("db_mtl keeps moving averages of every step's gradients: `every` must be 1")
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"db_mtl: beta must be in [0, 1), got {beta}")
+        self.beta = float(beta)
+        self.ema: Tensor | None = None  # [T, N]
+        self.seen = torch.zeros(len(tasks), dtype=torch.bool)
+
+    def aggregate(self, jacobian: Tensor, losses: Tensor, index: np.ndarray) -> Tensor:
+        T, N = len(self.task_names), jacobian.shape[1]
+        if self.ema is None or self.ema.shape[1] != N or self.ema.device != jacobian.device:
+            # a new width (e.g. feature mode on a smaller last batch) restarts the averages
+            self.ema = torch.zeros(T, N, device=jacobian.device, dtype=jacobian.dtype)
+            self.seen = torch.zeros(T, dtype=torch.bool)
+        idx = torch.as_tensor(index, device=jacobian.device)
+        g = jacobian / losses.to(jacobian.dtype).clamp_min(1e-12)[:, None]
+        first = ~self.seen[torch.as_tensor(index)]
+        ema = self.ema[idx]
+        new = torch.where(first.to(jacobian.device)[:, None], g, self.beta * ema + (1 - self.beta) * g)
+        self.ema[idx] = new
+        self.seen[torch.as_tensor(index)] = True
+        norms = new.norm(dim=1)
+        scale = norms.max() / norms.clamp_min(1e-30)
+        scale = torch.where(norms > 0, scale, torch.zeros_like(scale))
+        self._record(scale.tolist(), index)
+        return (scale[:, None] * new).sum(0)
+
+    def get_extra_state(self) -> Any:
+        return {"ema": self.ema, "seen": self.seen}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.ema, self.seen = state["ema"], state["seen"]

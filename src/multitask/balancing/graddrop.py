@@ -1,0 +1,41 @@
+"""GradDrop (Chen et al., NeurIPS 2020): gradient sign dropout.
+
+Per coordinate, the sign purity P = 1/2 (1 + sum_i g_i / sum_i |g_i|); draw U ~ Uniform(0, 1); keep the
+positive task gradients where P > U and the negative ones where P < U; the update is the sum of what is
+kept. Works on coordinates, so it needs the per-task gradients themselves: the paper applies it to
+activations (``mode="features"``); ``"parameters"`` applies it to the shared parameters.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from multitask.balancing.base import JacobianBalancer
+from multitask.tasks import Task
+
+
+class GradDrop(JacobianBalancer):
+    """Randomly keep, per coordinate, only the gradients of one sign, with odds set by sign purity."""
+
+    name = "graddrop"
+
+    def __init__(self, tasks: Sequence[Task], mode: str = "features", every: int = 1, leak: float = 0.0) -> None:
+        super().__init__(tasks, mode, every)
+        if every != 1:
+            raise ValueError("graddrop draws a new mask for every step: `every` must be 1")
+        if not 0.0 <= leak <= 1.0:
+            raise ValueError(f"graddrop: leak must be in [0, 1], got {leak}")
+        self.leak = float(leak)
+
+    def aggregate(self, jacobian: Tensor, losses: Tensor, index: np.ndarray) -> Tensor:
+        total = jacobian.sum(0)
+        purity = 0.5 * (1.0 + total / jacobian.abs().sum(0).clamp_min(1e-30))
+        u = torch.rand(purity.shape, device=jacobian.device, dtype=jacobian.dtype)
+        keep = torch.where(jacobian > 0, purity > u, purity < u).to(jacobian.dtype)
+        if self.leak > 0:
+            keep = self.leak + (1.0 - self.leak) * keep
+        self._record([1.0] * len(index), index)
+        return (jacobian * keep).sum(0)

@@ -1,0 +1,32 @@
+"""UPGrad (Quinton & Rey, 2024): unconflicting projection of gradients.
+
+Each task gradient g_i is projected onto the dual cone {d : G d >= 0} (the directions that conflict with no
+task); the update is the mean of the projections. In weights: the projection of g_i is G^T v_i with
+v_i = argmin_{v >= e_i} v^T K v, a non-negative QP on the Gramian (solved exactly by an active-set method);
+the update's weights are mean_i v_i. The result conflicts with no task and does not depend on task order.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from multitask.balancing.base import GramianBalancer
+from multitask.balancing.solvers import nonneg_qp
+
+
+def project_weights(K: np.ndarray, i: int) -> np.ndarray:
+    """v = argmin_{v >= e_i} v^T K v, as e_i + argmin_{x >= 0} 1/2 x^T K x + (K e_i)^T x."""
+    v = nonneg_qp(K, K[:, i].copy())
+    v[i] += 1.0
+    return v
+
+
+class UPGrad(GramianBalancer):
+    """Mean of the task gradients, each projected onto the cone of non-conflicting directions."""
+
+    name = "upgrad"
+
+    def solve(self, gramian: np.ndarray, losses: np.ndarray, index: np.ndarray) -> np.ndarray:
+        T = len(gramian)
+        scale = max(float(np.trace(gramian)) / T, 1e-300)
+        K = gramian / scale
+        return np.mean([project_weights(K, i) for i in range(T)], axis=0)

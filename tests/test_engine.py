@@ -1,0 +1,208 @@
+"""The gradient engine: modes, masking, caching, head isolation, and every method end to end."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import synthetic
+from multitask import Equal, HardSharing, InputSchema, Task, Trainer, autograd
+from multitask.balancing import BALANCERS, GradientBalancer, GramianBalancer, MGDA, UPGrad
+from multitask.models.base import MultiTaskModel
+
+
+class ParameterIsRepresentation(MultiTaskModel):
+    """A model whose shared representation IS its shared parameter (an identity trunk on a parameter)."""
+
+    def __init__(self, tasks, dim=6):
+        super().__init__()
+        self.task_names = [t.name for t in tasks]
+        self.theta = nn.Parameter(torch.randn(dim))
+        self.targets = {t.name: torch.randn(dim) for t in tasks}
+        self.scale = nn.ParameterDict({t.name: nn.Parameter(torch.ones(())) for t in tasks})
+
+    def shared(self, inputs):
+        return self.theta
+
+    def heads(self, rep, tasks):
+        return {t: self.scale[t] * ((rep - self.targets[t]) ** 2).sum(-1, keepdim=True)[None] for t in tasks}
+
+    def shared_parameters(self):
+        return iter([self.theta])
+
+    def task_parameters(self, task):
+        return iter([self.scale[task]])
+
+
+def _grads(model, balancer, seed=0):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    autograd.backward(model, balancer, None, lambda t, out: out.sum())
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+GRADIENT_METHODS = [n for n, c in BALANCERS.items() if issubclass(c, GradientBalancer)]
+
+
+@pytest.mark.parametrize("name", GRADIENT_METHODS)
+def test_feature_mode_with_identity_trunk_equals_parameter_mode(name):
+    tasks = [Task(f"t{i}", "regression") for i in range(3)]
+    torch.manual_seed(1)
+    model = ParameterIsRepresentation(tasks)
+    a = _grads(model, BALANCERS[name](tasks, mode="parameters"))
+    b = _grads(model, BALANCERS[name](tasks, mode="features"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7), (name, k)
+
+
+def _model(tasks, seed=0):
+    torch.manual_seed(seed)
+    return HardSharing.tabular(tasks, InputSchema(8), hidden=(16,), head_hidden=(8,))
+
+
+def _loss_of(tasks, targets):
+    by = {t.name: t for t in tasks}
+    return lambda t, out: by[t].loss(out, targets[t])
+
+
+def test_equal_matches_a_plain_summed_backward_exactly():
+    tasks, data = synthetic(64)
+    model = _model(tasks)
+    autograd.backward(model, Equal(tasks), data.inputs, _loss_of(tasks, data.targets))
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    out = model(data.inputs)
+    sum(t.loss(out[t.name], data.targets[t.name]) for t in tasks).backward()
+    assert all(torch.equal(g, p.grad) for g, p in zip(got, model.parameters()))
+
+
+@pytest.mark.parametrize("mode", ["parameters", "features"])
+def test_heads_get_only_their_own_task_gradient(mode):
+    tasks, data = synthetic(64)
+    model = _model(tasks)
+    autograd.backward(model, MGDA(tasks, mode=mode), data.inputs, _loss_of(tasks, data.targets))
+    got = {t.name: [p.grad.clone() for p in model.task_parameters(t.name)] for t in tasks}
+    for t in tasks:
+        model.zero_grad(set_to_none=True)
+        out = model(data.inputs, [t.name])
+        t.loss(out[t.name], data.targets[t.name]).backward()
+        assert all(torch.allclose(g, p.grad, atol=1e-7) for g, p in zip(got[t.name], model.task_parameters(t.name)))
+
+
+@pytest.mark.parametrize("mode", ["parameters", "features"])
+def test_shared_gradient_is_the_weighted_task_gradients(mode):
+    tasks, data = synthetic(64)
+    model = _model(tasks)
+    m = UPGrad(tasks, mode=mode)
+    autograd.backward(model, m, data.inputs, _loss_of(tasks, data.targets))
+    got = [p.grad.clone() for p in model.shared_parameters()]
+    w = m.weights()
+    model.zero_grad(set_to_none=True)
+    out = model(data.inputs)
+    sum(w[t.name] * t.loss(out[t.name], data.targets[t.name]) for t in tasks).backward()
+    assert all(torch.allclose(g, p.grad, rtol=1e-4, atol=1e-7) for g, p in zip(got, model.shared_parameters()))
+
+
+def test_parameter_mode_solves_on_the_parameter_jacobian():
+    tasks, data = synthetic(64)
+    model = _model(tasks)
+    m = MGDA(tasks)
+    autograd.backward(model, m, data.inputs, _loss_of(tasks, data.targets))
+    w = np.array([m.weights()[t.name] for t in tasks])
+    rows = []
+    for t in tasks:
+        model.zero_grad(set_to_none=True)
+        t.loss(model(data.inputs)[t.name], data.targets[t.name]).backward()
+        rows.append(torch.cat([p.grad.flatten() for p in model.shared_parameters()]).double().numpy())
+    G = np.stack(rows)
+    K = G @ G.T
+    from multitask.balancing.solvers import min_norm_simplex
+
+    assert w @ K @ w == pytest.approx(min_norm_simplex(K) @ K @ min_norm_simplex(K), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", GRADIENT_METHODS)
+@pytest.mark.parametrize("mode", ["parameters", "features"])
+def test_tasks_without_labels_drop_out_and_nothing_is_nan(name, mode):
+    tasks, data = synthetic(32)
+    targets = dict(data.targets)
+    targets["reg"] = torch.full_like(targets["reg"], float("nan"))  # no label for this task in the batch
+    model = _model(tasks)
+    m = BALANCERS[name](tasks, mode=mode)
+    present = {"reg": False, "bin": True, "cls": True}
+    autograd.backward(model, m, data.inputs, _loss_of(tasks, targets), present)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert m.weights()["reg"] == 0.0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.task_parameters("reg"))
+
+
+@pytest.mark.parametrize("name", GRADIENT_METHODS)
+def test_zero_and_tiny_gradients_give_no_nan(name):
+    tasks = [Task(f"t{i}", "regression") for i in range(3)]
+    model = ParameterIsRepresentation(tasks)
+    with torch.no_grad():
+        model.theta.copy_(model.targets["t0"])  # task t0 at its optimum: zero gradient
+        model.targets["t1"] = model.theta.detach() + 1e-20  # a tiny one
+    for mode in ("parameters", "features"):
+        g = _grads(model, BALANCERS[name](tasks, mode=mode))
+        assert all(torch.isfinite(v).all() for v in g.values()), (name, mode)
+
+
+def test_weights_are_recomputed_every_k_steps():
+    tasks, data = synthetic(64)
+    model = _model(tasks)
+    m = MGDA(tasks, every=3)
+    calls = []
+    original = m.solve
+    m.solve = lambda *a: (calls.append(1), original(*a))[1]
+    for step in range(7):
+        model.zero_grad(set_to_none=True)
+        autograd.backward(model, m, data.inputs, _loss_of(tasks, data.targets))
+    assert len(calls) == 3  # steps 0, 3, 6
+
+
+def test_cached_weights_give_the_weighted_gradient():
+    tasks, data = synthetic(64)
+    model = _model(tasks)
+    m = MGDA(tasks, every=2)
+    autograd.backward(model, m, data.inputs, _loss_of(tasks, data.targets))
+    w = m.weights()
+    model.zero_grad(set_to_none=True)
+    autograd.backward(model, m, data.inputs, _loss_of(tasks, data.targets))  # a reuse step
+    assert m.weights() == pytest.approx(w)
+    got = [p.grad.clone() for p in model.shared_parameters()]
+    model.zero_grad(set_to_none=True)
+    out = model(data.inputs)
+    sum(w[t.name] * t.loss(out[t.name], data.targets[t.name]) for t in tasks).backward()
+    assert all(torch.allclose(g, p.grad, rtol=1e-5, atol=1e-7) for g, p in zip(got, model.shared_parameters()))
+
+
+@pytest.mark.parametrize("name", list(BALANCERS))
+def test_every_method_trains_and_checkpoints(name, tmp_path):
+    tasks, data = synthetic(256, missing=0.2)
+    train, val = data.subset(torch.arange(192)), data.subset(torch.arange(192, 256))
+    modes = ["parameters", "features"] if issubclass(BALANCERS[name], GradientBalancer) else [None]
+    for mode in modes:
+        balancer = BALANCERS[name](tasks, mode=mode) if mode else BALANCERS[name](tasks)
+        trainer = Trainer(_model(tasks), tasks, balancer, epochs=4, batch_size=32, lr=5e-3, progress=False,
+                          run_dir=tmp_path / f"{name}-{mode}")
+        before = trainer.evaluate(val)["loss"]
+        trainer.fit(train, val)
+        after = trainer.evaluate(val)["loss"]
+        assert sum(after.values()) < sum(before.values()), (name, mode, before, after)
+        assert all(math.isfinite(v) for v in balancer.weights().values())
+        # the balancer's state comes back from the checkpoint
+        fresh = BALANCERS[name](tasks, mode=mode) if mode else BALANCERS[name](tasks)
+        from multitask.training.checkpoint import load_checkpoint
+
+        fresh.load_state_dict(load_checkpoint(tmp_path / f"{name}-{mode}" / "checkpoints" / "last.pt")["balancer"])
+        for k, v in balancer.state_dict().items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, fresh.state_dict()[k]), (name, k)
+
+
+def test_gramian_methods_declare_what_they_need():
+    assert all(issubclass(BALANCERS[n], GramianBalancer) for n in
+               ["mgda", "pcgrad", "gradvac", "cagrad", "imtl_g", "aligned_mtl", "nash_mtl", "upgrad", "gradnorm"])
+    assert BALANCERS["graddrop"].requires == "jacobian" and BALANCERS["db_mtl"].requires == "jacobian"
