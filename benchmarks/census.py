@@ -1,10 +1,12 @@
-"""census-income benchmark: Independent, HardSharing and MMoE x Equal and Uncertainty, over several seeds.
+"""census-income benchmark: architectures x balancing methods (x gradient modes), over several seeds.
 
 Per-task test AUC (mean ± std over seeds), Δm against the single-task baselines (Independent + Equal,
 averaged over seeds, all six test metrics), training wall time and parameter count. One data split
 (seed 0: 10% of the training file held out for validation); the seed changes initialisation and batch order.
 
     python benchmarks/census.py [--seeds 0 1 2] [--epochs 10] [--out docs/benchmarks]
+    python benchmarks/census.py --models hard_sharing mmoe --balancers all --modes parameters features \
+        --seeds 0 --epochs 4 --name census_methods --out docs/benchmarks
 """
 from __future__ import annotations
 
@@ -30,14 +32,14 @@ MODELS = {
     "hard_sharing": {"name": "hard_sharing", "hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
     "mmoe": {"name": "mmoe", "n_experts": 8, "expert_hidden": [64], "tower_hidden": [32], "embedding_dim": 8},
 }
-BALANCERS = ["equal", "uncertainty"]
+DEFAULT_BALANCERS = ["equal", "uncertainty"]
 
 
-def run_one(bundle, model: str, balancer: str, seed: int, epochs: int) -> dict:
+def run_one(bundle, model: str, balancer: str, seed: int, epochs: int, mode: str | None = None) -> dict:
     cfg = cfgmod.validate({
         "data": {"name": "census-income"},
         "model": MODELS[model],
-        "balancer": {"name": balancer},
+        "balancer": {"name": balancer, **({"mode": mode} if mode else {})},
         "trainer": {"epochs": epochs, "batch_size": 512, "lr": 1e-3, "patience": 3, "seed": seed,
                     "progress": False},
     })
@@ -47,7 +49,7 @@ def run_one(bundle, model: str, balancer: str, seed: int, epochs: int) -> dict:
     history = trainer.fit(bundle.train, bundle.val)
     seconds = time.perf_counter() - start
     test = trainer.evaluate(bundle.test)["metrics"]
-    return {"model": model, "balancer": balancer, "seed": seed, "test": test, "seconds": seconds,
+    return {"model": model, "balancer": balancer, "mode": mode or "-", "seed": seed, "test": test, "seconds": seconds,
             "epochs": len(history), "best_epoch": trainer.early.best_epoch,
             "parameters": count_parameters(net)}
 
@@ -66,19 +68,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--balancers", nargs="+", default=DEFAULT_BALANCERS, help="names, or 'all'")
+    ap.add_argument("--modes", nargs="+", default=["parameters"], choices=["parameters", "features"],
+                    help="modes of the gradient-based methods")
     ap.add_argument("--limit", type=int, default=None, help="rows of each file (quick check)")
-    ap.add_argument("--out", default=None, help="folder for census.md and census.json")
+    ap.add_argument("--name", default="census", help="output file stem")
+    ap.add_argument("--out", default=None, help="folder for <name>.md and <name>.json")
     args = ap.parse_args()
+    from multitask.balancing import BALANCERS, GradientBalancer
+
+    balancers = list(BALANCERS) if args.balancers == ["all"] else args.balancers
+    configs = [(b, m if issubclass(BALANCERS[b], GradientBalancer) else None)
+               for b in balancers for m in (args.modes if issubclass(BALANCERS[b], GradientBalancer) else [None])]
     bundle = load_census_income(limit=args.limit, seed=0)
+    models = list(dict.fromkeys(["independent"] + args.models))  # the baseline is always trained
     runs = []
     for seed in args.seeds:
-        for model in MODELS:
-            for balancer in BALANCERS:
-                r = run_one(bundle, model, balancer, seed, args.epochs)
+        for model in models:
+            for balancer, mode in ([("equal", None)] if model == "independent" and model not in args.models
+                                   else configs):
+                r = run_one(bundle, model, balancer, seed, args.epochs, mode)
                 runs.append(r)
-                print(f"seed {seed} {model:<12} {balancer:<11} income AUC {r['test']['income']['auc']:.4f} "
-                      f"marital AUC {r['test']['marital']['auc']:.4f}  {r['seconds']:.0f}s, "
-                      f"{r['epochs']} epochs", flush=True)
+                print(f"seed {seed} {model:<12} {balancer:<11} {r['mode']:<10} income AUC "
+                      f"{r['test']['income']['auc']:.4f} marital AUC {r['test']['marital']['auc']:.4f}  "
+                      f"{r['seconds']:.0f}s, {r['epochs']} epochs", flush=True)
     baseline = mean_metrics([r for r in runs if r["model"] == "independent" and r["balancer"] == "equal"])
     lines = [
         f"census-income: {len(bundle.train):,} train / {len(bundle.val):,} validation / {len(bundle.test):,} test rows; "
@@ -86,15 +100,15 @@ def main() -> None:
         f"loss (patience 3), best epoch restored",
         f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "",
-        "| model | balancer | income AUC | marital AUC | Δm % (mean ± std) | train s | epochs | parameters |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | balancer | mode | income AUC | marital AUC | Δm % (mean ± std) | train s (median) | epochs | parameters |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for model in MODELS:
-        for balancer in BALANCERS:
-            group = [r for r in runs if r["model"] == model and r["balancer"] == balancer]
+    for model in models:
+        for balancer, mode in dict.fromkeys((r["balancer"], r["mode"]) for r in runs if r["model"] == model):
+            group = [r for r in runs if r["model"] == model and r["balancer"] == balancer and r["mode"] == mode]
             dms = [delta_m(r["test"], baseline) for r in group]
             lines.append(
-                f"| {model} | {balancer} | {fmt([r['test']['income']['auc'] for r in group])} | "
+                f"| {model} | {balancer} | {mode} | {fmt([r['test']['income']['auc'] for r in group])} | "
                 f"{fmt([r['test']['marital']['auc'] for r in group])} | {fmt(dms, 2)} | "
                 f"{statistics.median(r['seconds'] for r in group):.0f} | "
                 f"{statistics.mean(r['epochs'] for r in group):.1f} | {group[0]['parameters']:,} |"
@@ -104,9 +118,9 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "census.json").write_text(json.dumps({"runs": runs, "baseline_mean": baseline}, indent=2))
-        (out / "census.md").write_text(
-            "# census-income benchmark\n\nCommand: `python benchmarks/census.py" +
+        (out / f"{args.name}.json").write_text(json.dumps({"runs": runs, "baseline_mean": baseline}, indent=2))
+        (out / f"{args.name}.md").write_text(
+            f"# census-income benchmark ({args.name})\n\nCommand: `python benchmarks/census.py" +
             "".join(f" {a}" for a in sys.argv[1:]) + "`\n\n" + text + "\n")
 
 

@@ -1,0 +1,239 @@
+"""Seconds per training step of every balancing method, beside torchjd 0.18.0 and LibMTL, measured in one run.
+
+Problem (the same for every library): shared MLP trunk 64 -> 256 -> 256 (ReLU), one linear regression head
+per task, batch 256 (one fixed batch), MSE per task, SGD lr 1e-3, CPU, T in {2, 3, 10, 40}.
+Every step callable of every library is built first; then, round after round, all of them run in a freshly
+shuffled order, so that changes in machine speed hit every cell alike. Reported: the median seconds per
+step of each cell and its ratio to the same library's equal-weighting step; for multitask, parameter mode
+(gradients on the shared parameters) and feature mode (on the trunk's output); the ratio of multitask's
+parameter mode to torchjd (its `mtl_backward`, also parameter space) and LibMTL (its default, parameter
+space) for the same method.
+
+Run in the benchmark environment (benchmarks/compare_env.sh), which has torchjd and LibMTL:
+    LIBMTL_PATH=... .bench-env/bin/python benchmarks/balancing_speed.py [--T 2 3 10 40] [--threads 1]
+    [--budget 40] [--out docs/benchmarks]
+Without torchjd / LibMTL importable it measures multitask alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from multitask import HardSharing, Task, autograd  # noqa: E402
+from multitask.balancing import BALANCERS, GradientBalancer  # noqa: E402
+
+# multitask name -> (torchjd aggregator, LibMTL weighting): the same method in each library, where it exists
+SAME_METHOD = {
+    "equal": ("Mean", "EW"), "mgda": ("MGDA", "MGDA"), "pcgrad": ("PCGrad", "PCGrad"),
+    "cagrad": ("CAGrad", "CAGrad"), "nash_mtl": ("NashMTL", "Nash_MTL"), "imtl_g": ("IMTLG", "IMTL"),
+    "aligned_mtl": ("AlignedMTL", "Aligned_MTL+symeig_shim"), "upgrad": ("UPGrad", "UPGrad"),
+    "gradvac": ("GradVac", "GradVac"), "graddrop": ("GradDrop", "GradDrop"), "db_mtl": (None, "DB_MTL"),
+    "gradnorm": (None, "GradNorm"), "famo": (None, "FAMO"), "uncertainty": (None, "UW"), "dwa": (None, "DWA"),
+    "rlw": ("Random", "RLW"), "gls": (None, "GLS"), "imtl_l": (None, None), "static": (None, None),
+}
+IN_DIM, HIDDEN, BATCH, LR = 64, 256, 256, 1e-3
+
+
+def multitask_step(method: str, T: int, mode: str | None, seed: int = 0) -> Callable[[], None]:
+    torch.manual_seed(seed)
+    tasks = [Task(f"t{i}", "regression") for i in range(T)]
+    trunk = nn.Sequential(nn.Linear(IN_DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU())
+    model = HardSharing(tasks, trunk, HIDDEN)  # heads: Linear(256, 1)
+    balancer = BALANCERS[method](tasks, mode=mode) if mode else BALANCERS[method](tasks)
+    opt = torch.optim.SGD(list(model.parameters()) + list(balancer.parameters()), lr=LR)
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    x, y = torch.randn(BATCH, IN_DIM, generator=gen), torch.randn(BATCH, T, generator=gen)
+    column = {t.name: i for i, t in enumerate(tasks)}
+
+    def loss_of(task: str, out: torch.Tensor) -> torch.Tensor:
+        return ((out[:, 0] - y[:, column[task]]) ** 2).mean()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        autograd.backward(model, balancer, x, loss_of)
+        opt.step()
+
+    return step
+
+
+def build_cells(T: int, others: dict) -> dict[tuple[str, str, str], Callable[[], None]]:
+    cells = {}
+    for name, cls in BALANCERS.items():
+        if issubclass(cls, GradientBalancer):
+            for mode in ("parameters", "features"):
+                cells[("multitask", name, mode)] = multitask_step(name, T, mode)
+        else:
+            cells[("multitask", name, "-")] = multitask_step(name, T, None)
+    for lib, (make_step, names) in others.items():
+        for name in names:
+            try:
+                cells[(lib, name, "default")] = make_step(lib, name, T)
+            except Exception as exc:  # noqa: BLE001 - a method a library cannot run is reported, not fatal
+                print(f"  {lib} {name}: cannot build at T={T}: {type(exc).__name__}: {exc}", flush=True)
+    return cells
+
+
+def measure(cells: dict, budget_s: float, rng: random.Random) -> dict:
+    times: dict = {k: [] for k in cells}
+    for step in cells.values():  # warm-up
+        step()
+        step()
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < 3 or (time.perf_counter() - start < budget_s and rounds < 200):
+        order = list(cells)
+        rng.shuffle(order)
+        for key in order:
+            t0 = time.perf_counter()
+            cells[key]()
+            times[key].append(time.perf_counter() - t0)
+        rounds += 1
+    return {k: statistics.median(v) for k, v in times.items()}, rounds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--T", type=int, nargs="+", default=[2, 3, 10, 40])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--budget", type=float, default=40.0, help="seconds of measuring rounds per T")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    others = {}
+    try:
+        import compare_libs
+
+        for lib in ("torchjd", "libmtl"):
+            names = compare_libs.available(lib)
+            if names:
+                others[lib] = (compare_libs.make_step, names)
+        for (lib, name), err in compare_libs.FAILURES.items():
+            print(f"  {lib} {name} is not measured: {err}")
+    except ImportError as exc:
+        print(f"torchjd / LibMTL not importable ({exc}); measuring multitask alone")
+    versions = {"torch": torch.__version__}
+    try:
+        import torchjd
+
+        from importlib.metadata import version
+
+        versions["torchjd"] = version("torchjd")
+    except ImportError:
+        pass
+    rng = random.Random(0)
+    results = {}
+    for T in args.T:
+        cells = build_cells(T, others)
+        print(f"T={T}: {len(cells)} cells", flush=True)
+        med, rounds = measure(cells, args.budget, rng)
+        results[T] = {"rounds": rounds, "median_s": {"|".join(k): v for k, v in med.items()}}
+    lines = report(results, others, args, versions)
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "balancing_speed.json").write_text(json.dumps(results, indent=1))
+        (out / "balancing_speed.md").write_text(
+            "# Balancing speed\n\nCommand: `LIBMTL_PATH=... .bench-env/bin/python benchmarks/balancing_speed.py"
+            + "".join(f" {a}" for a in sys.argv[1:]) + "` (environment: `benchmarks/compare_env.sh`)\n\n"
+            + text + "\n\n![seconds per step](balancing_speed.png)\n")
+        plot(results, out / "balancing_speed.png")
+
+
+def _get(res: dict, lib: str, name: str | None, mode: str) -> float | None:
+    return res["median_s"].get(f"{lib}|{name}|{mode}") if name else None
+
+
+def report(results: dict, others: dict, args, versions: dict) -> list[str]:
+    lines = [f"CPU ({platform.machine()}, {os.cpu_count()} cores), {args.threads} torch thread(s); "
+             + ", ".join(f"{k} {v}" for k, v in versions.items()) + "; medians of interleaved rounds",
+             "Ratios in brackets: to the same library's equal weighting (multitask: `equal`, torchjd: `Mean`, "
+             "LibMTL: `EW`). Last two columns: multitask parameter mode / the other library, same method."]
+    checks = []
+    for T, res in results.items():
+        eq = _get(res, "multitask", "equal", "-")
+        jd_eq = _get(res, "torchjd", "Mean", "default")
+        lm_eq = _get(res, "libmtl", "EW", "default")
+        lines += ["", f"### T = {T} ({res['rounds']} rounds)", "",
+                  "| method | multitask parameters ms | multitask features ms | torchjd ms | LibMTL ms | "
+                  "÷ torchjd | ÷ LibMTL |", "|---|---:|---:|---:|---:|---:|---:|"]
+        mgda_p = _get(res, "multitask", "mgda", "parameters")
+        for name, cls in BALANCERS.items():
+            jd_name, lm_name = SAME_METHOD.get(name, (None, None))
+            grad = issubclass(cls, GradientBalancer)
+            p = _get(res, "multitask", name, "parameters" if grad else "-")
+            f = _get(res, "multitask", name, "features") if grad else None
+            jd = _get(res, "torchjd", jd_name, "default")
+            lm = _get(res, "libmtl", lm_name, "default")
+
+            def cell(v, base):
+                return "-" if v is None else f"{1000 * v:.2f} ({v / base:.2f}x)" if base else f"{1000 * v:.2f}"
+
+            lines.append(f"| {name} | {cell(p, eq)} | {cell(f, eq)} | {cell(jd, jd_eq)} | {cell(lm, lm_eq)} | "
+                         f"{'-' if not (p and jd) else f'{p / jd:.2f}'} | {'-' if not (p and lm) else f'{p / lm:.2f}'} |")
+            if T == 10 and grad:
+                if jd:
+                    checks.append(f"{name}: parameters / torchjd = {p / jd:.2f} (target <= 0.6): "
+                                  f"{'met' if p / jd <= 0.6 else 'NOT met'}")
+                if lm:
+                    checks.append(f"{name}: parameters / LibMTL = {p / lm:.2f} (target < 1): "
+                                  f"{'met' if p < lm else 'NOT met'}")
+                checks.append(f"{name}: features / equal = {f / eq:.2f} (target <= 1.5): "
+                              f"{'met' if f / eq <= 1.5 else 'NOT met'}")
+                if name in ("nash_mtl", "cagrad"):
+                    checks.append(f"{name}: parameters / mgda parameters = {p / mgda_p:.2f} (target <= 1.3): "
+                                  f"{'met' if p / mgda_p <= 1.3 else 'NOT met'}")
+    if checks:
+        lines += ["", "### Targets at T = 10", ""] + [f"- {c}" for c in checks]
+    return lines
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    Ts = sorted(results)
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.5), sharey=True)
+    for ax, name in zip(axes, ["mgda", "upgrad", "cagrad", "nash_mtl"]):
+        jd_name, lm_name = SAME_METHOD[name]
+        series = {
+            "multitask (parameters)": [_get(results[T], "multitask", name, "parameters") for T in Ts],
+            "multitask (features)": [_get(results[T], "multitask", name, "features") for T in Ts],
+            "multitask equal": [_get(results[T], "multitask", "equal", "-") for T in Ts],
+            f"torchjd {jd_name}": [_get(results[T], "torchjd", jd_name, "default") for T in Ts],
+            f"LibMTL {lm_name}": [_get(results[T], "libmtl", lm_name, "default") for T in Ts],
+        }
+        for label, ys in series.items():
+            if all(y is not None for y in ys):
+                ax.plot(Ts, [1000 * y for y in ys], marker="o", label=label,
+                        linestyle="--" if "equal" in label else "-")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(Ts, [str(T) for T in Ts])
+        ax.set_title(name)
+        ax.set_xlabel("tasks T")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("ms per training step")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
