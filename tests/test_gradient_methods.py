@@ -139,7 +139,7 @@ def test_cagrad_objective_matches_an_independent_solve(T):
     c = 0.4
     m = CAGrad(tasks(T), c=c, rescale=False)
     weights = solve(m, G)
-    w = m.last_w
+    w = m.last_w.numpy()
     cons = [{"type": "eq", "fun": lambda v: v.sum() - 1}]
     ref = min((minimize(lambda v: cagrad_objective(v, K, c), s, bounds=[(0, 1)] * T, constraints=cons,
                         method="SLSQP", options={"ftol": 1e-14, "maxiter": 1000})

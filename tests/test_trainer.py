@@ -120,3 +120,11 @@ def test_predict_runs_only_requested_heads_and_gives_probabilities():
     assert set(preds) == {"bin", "cls"}
     assert ((preds["bin"] >= 0) & (preds["bin"] <= 1)).all()
     assert torch.allclose(preds["cls"].sum(-1), torch.ones(10))
+
+
+def test_train_step_without_masks_reads_missing_labels_from_targets():
+    tasks, data = synthetic(64, missing=0.5)
+    trainer = Trainer(_model(tasks), tasks, progress=False)
+    losses = trainer.train_step(data.inputs, data.targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert all(torch.isfinite(p.grad).all() for p in trainer.model.parameters() if p.grad is not None)

@@ -95,13 +95,28 @@ class Task:
         return target >= 0
 
     # ----------------------------------------------------------------------------------------- loss
-    def loss(self, output: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Mean loss over the labelled entries; exactly 0 (with a graph, zero gradient) when none are labelled."""
+    def loss(self, output: Tensor, target: Tensor, mask: Tensor | None = None, complete: bool = False) -> Tensor:
+        """Mean loss over the labelled entries; exactly 0 (with a graph, zero gradient) when none are labelled.
+
+        `complete=True` is the caller's promise that every label is present (the trainer checks the whole
+        dataset once), which skips the masking arithmetic.
+        """
         output = self._squeeze(output)
+        if complete:
+            self._check_shapes(output, target)
+            return (self.loss_fn or DEFAULT_LOSS[self.kind])(output, target if self.kind == "multiclass"
+                                                           else target.to(output.dtype)).mean()
         if mask is None:
             mask = self.label_mask(target)
         fill = torch.zeros((), dtype=target.dtype, device=target.device)
         safe_target = torch.where(mask, target, fill)  # masked entries must not produce NaN
+        self._check_shapes(output, target)
+        fn = self.loss_fn or DEFAULT_LOSS[self.kind]
+        per_entry = fn(output, safe_target.to(output.dtype) if self.kind != "multiclass" else safe_target)
+        m = mask.to(per_entry.dtype)
+        return (per_entry * m).sum() / m.sum().clamp(min=1.0)
+
+    def _check_shapes(self, output: Tensor, target: Tensor) -> None:
         if self.kind == "multiclass":
             if output.shape[:-1] != target.shape:
                 raise ValueError(
@@ -113,10 +128,6 @@ class Task:
                 f"task {self.name!r}: output shape {tuple(output.shape)} does not match target shape "
                 f"{tuple(target.shape)}"
             )
-        fn = self.loss_fn or DEFAULT_LOSS[self.kind]
-        per_entry = fn(output, safe_target.to(output.dtype) if self.kind != "multiclass" else safe_target)
-        m = mask.to(per_entry.dtype)
-        return (per_entry * m).sum() / m.sum().clamp(min=1.0)
 
     # ----------------------------------------------------------------------------------------- predictions
     def predict(self, output: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from multitask.balancing.base import GramianBalancer
 from multitask.balancing.solvers import minimize_on_simplex
@@ -34,7 +35,8 @@ class CAGrad(GramianBalancer):
         if not c >= 0:
             raise ValueError(f"cagrad: c must be >= 0, got {c}")
         self.c, self.rescale = float(c), bool(rescale)
-        self.last_w: np.ndarray | None = None
+        # the last solution on the simplex (a warm start; kept in checkpoints so resumed runs match)
+        self.register_buffer("last_w", torch.full((len(tasks),), float("nan"), dtype=torch.float64))
 
     def solve(self, gramian: np.ndarray, losses: np.ndarray, index: np.ndarray) -> np.ndarray:
         T = len(gramian)
@@ -48,9 +50,9 @@ class CAGrad(GramianBalancer):
             norm = np.sqrt(max(float(w @ Kw), 1e-30))
             return float(w @ b) + sqrt_phi * norm, b + sqrt_phi * Kw / norm
 
-        w0 = self.last_w if self.last_w is not None and len(self.last_w) == T else np.full(T, 1.0 / T)
-        w = minimize_on_simplex(f_and_grad, w0)
-        self.last_w = w
+        w0 = self.last_w.numpy()[index]
+        w = minimize_on_simplex(f_and_grad, w0 if np.all(np.isfinite(w0)) else np.full(T, 1.0 / T))
+        self.last_w[torch.as_tensor(index)] = torch.as_tensor(w)
         gw_norm = np.sqrt(max(float(w @ K @ w), 1e-30))
         weights = np.full(T, 1.0 / T) + (sqrt_phi / gw_norm) * w
         return weights / (1 + self.c ** 2) if self.rescale else weights

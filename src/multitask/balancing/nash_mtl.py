@@ -8,12 +8,9 @@ solves, as the paper's implementation does; clip the update with the trainer's `
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from multitask.balancing.base import GramianBalancer
-from multitask.tasks import Task
 
 
 def nash_weights(K: np.ndarray, init: np.ndarray | None = None, max_iter: int = 100, tol: float = 1e-12) -> np.ndarray:
@@ -52,10 +49,6 @@ class NashMTL(GramianBalancer):
 
     name = "nash_mtl"
 
-    def __init__(self, tasks: Sequence[Task], mode: str = "parameters", every: int = 1) -> None:
-        super().__init__(tasks, mode, every)
-        self.last: np.ndarray | None = None
-
     def solve(self, gramian: np.ndarray, losses: np.ndarray, index: np.ndarray) -> np.ndarray:
         T = len(gramian)
         diag = np.diag(gramian)
@@ -64,7 +57,6 @@ class NashMTL(GramianBalancer):
         if not alive.any():
             return w
         K = gramian[np.ix_(alive, alive)]
-        init = self.last if self.last is not None and len(self.last) == alive.sum() else None
-        w[alive] = nash_weights(K, init)
-        self.last = w[alive]
+        previous = self.cached_weights.numpy()[index][alive]  # the engine keeps the last weights (a warm start)
+        w[alive] = nash_weights(K, previous if np.all(previous > 0) and self.steps > 1 else None)
         return w

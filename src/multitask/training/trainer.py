@@ -173,18 +173,15 @@ class Trainer:
         self.balancer.train()
         gen = torch.Generator().manual_seed(c.seed * 1_000_003 + self.epoch)  # order depends on (seed, epoch) only
         n_batches = math.ceil(len(train) / c.batch_size)
-        sums = {t: torch.zeros((), device=self.device) for t in self.tasks}
-        counts = {t: 0 for t in self.tasks}
+        step_losses: list[dict[str, Tensor]] = []
         start = time.perf_counter()
         bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False,
                    disable=not c.progress, dynamic_ncols=True)
         for step, (inputs, targets, idx) in enumerate(batches(train, c.batch_size, True, gen)):
             inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
-            batch_masks = {t: None if complete[t] else masks[t][idx].to(self.device) for t in self.tasks}
+            batch_masks = {t: masks[t][idx].to(self.device) for t in self.tasks if not complete[t]}
             losses = self.train_step(inputs, targets, batch_masks)
-            for t, l in losses.items():
-                sums[t] += l.detach()
-                counts[t] += 1
+            step_losses.append(losses)
             bar.update()
             if c.progress and step % 25 == 0:
                 bar.set_postfix({t: f"{l.item():.4f}" for t, l in losses.items()}, refresh=False)
@@ -192,7 +189,8 @@ class Trainer:
         self.epoch += 1
         return {
             "epoch": self.epoch,
-            "train_loss": {t: float(sums[t]) / max(counts[t], 1) for t in self.tasks},
+            "train_loss": {t: float(torch.stack([l[t].detach() for l in step_losses]).mean()) if step_losses
+                           else math.nan for t in self.tasks},
             "weights": self.balancer.weights(),
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
@@ -200,14 +198,20 @@ class Trainer:
 
     def train_step(self, inputs: Any, targets: Mapping[str, Tensor],
                    masks: Mapping[str, Tensor | None] | None = None) -> dict[str, Tensor]:
-        """One optimisation step on one batch; returns the per-task losses."""
-        masks = masks or {}
+        """One optimisation step on one batch; returns the per-task losses.
+
+        `masks` holds the label masks of the tasks that have missing labels; a task absent from it is
+        taken to be fully labelled in this batch. Without `masks`, every task's mask is read off its targets.
+        """
         tasks = self.tasks
+        if masks is None:
+            masks = {t: tasks[t].label_mask(y) for t, y in targets.items()}
 
         def loss_of(t: str, output: Tensor) -> Tensor:
-            return tasks[t].loss(output, targets[t], masks.get(t))
+            m = masks.get(t)
+            return tasks[t].loss(output, targets[t], m, complete=m is None)
 
-        present = {t: True if masks.get(t) is None else bool(masks[t].any()) for t in tasks}
+        present = {t: True if t not in masks else bool(masks[t].any()) for t in tasks}
         self.optimizer.zero_grad(set_to_none=True)
         losses = autograd.backward(self.model, self.balancer, inputs, loss_of, present)
         if self.config.grad_clip is not None:
