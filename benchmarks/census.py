@@ -74,8 +74,11 @@ def main() -> None:
                     help="modes of the gradient-based methods")
     ap.add_argument("--limit", type=int, default=None, help="rows of each file (quick check)")
     ap.add_argument("--name", default="census", help="output file stem")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", default=None, help="folder for <name>.md and <name>.json")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from multitask.balancing import BALANCERS, GradientBalancer
 
     balancers = list(BALANCERS) if args.balancers == ["all"] else args.balancers
@@ -98,7 +101,8 @@ def main() -> None:
         f"census-income: {len(bundle.train):,} train / {len(bundle.val):,} validation / {len(bundle.test):,} test rows; "
         f"seeds {args.seeds}; Adam lr 1e-3, batch 512, up to {args.epochs} epochs, early stopping on validation "
         f"loss (patience 3), best epoch restored",
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch thread(s)",
         "",
         "| model | balancer | mode | income AUC | marital AUC | Δm % (mean ± std) | train s (median) | epochs | parameters |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",

@@ -160,15 +160,23 @@ def min_norm_polytope(K: np.ndarray, A_ub: np.ndarray, init: np.ndarray | None =
     return w
 
 
-def nonneg_qp(K: np.ndarray, q: np.ndarray, tol: float = 1e-12, max_iter: int = 1000) -> np.ndarray:
+def nonneg_qp(K: np.ndarray, q: np.ndarray, tol: float = 1e-12, max_iter: int = 1000,
+              guess: np.ndarray | None = None) -> np.ndarray:
     """argmin_{x >= 0} 1/2 x^T K x + q^T x for PSD K: Lawson-Hanson active set on the Gramian form.
 
     Exact up to round-off; usually a few iterations, zero when x = 0 already satisfies the KKT conditions.
+    `guess` (a boolean support, e.g. the previous step's) is tried first and kept if it is optimal.
     """
     T = K.shape[0]
     x = np.zeros(T)
     passive = np.zeros(T, dtype=bool)
     scale = max(float(np.max(np.abs(np.diag(K)))), EPS)
+    if guess is not None and guess.any():
+        idx = np.nonzero(guess)[0]
+        s = np.linalg.lstsq(K[np.ix_(idx, idx)], -q[idx], rcond=None)[0]
+        if np.all(s > 0):
+            x[idx] = s
+            passive = guess.copy()
     grad = K @ x + q
     for _ in range(max_iter):
         cand = np.where(~passive, -grad, -np.inf)

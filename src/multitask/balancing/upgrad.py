@@ -7,15 +7,19 @@ the update's weights are mean_i v_i. The result conflicts with no task and does 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
+import torch
 
 from multitask.balancing.base import GramianBalancer
 from multitask.balancing.solvers import nonneg_qp
+from multitask.tasks import Task
 
 
-def project_weights(K: np.ndarray, i: int) -> np.ndarray:
+def project_weights(K: np.ndarray, i: int, guess: np.ndarray | None = None) -> np.ndarray:
     """v = argmin_{v >= e_i} v^T K v, as e_i + argmin_{x >= 0} 1/2 x^T K x + (K e_i)^T x."""
-    v = nonneg_qp(K, K[:, i].copy())
+    v = nonneg_qp(K, K[:, i].copy(), guess=guess)
     v[i] += 1.0
     return v
 
@@ -25,8 +29,17 @@ class UPGrad(GramianBalancer):
 
     name = "upgrad"
 
+    def __init__(self, tasks: Sequence[Task], mode: str = "parameters", every: int = 1) -> None:
+        super().__init__(tasks, mode, every)
+        # which constraints were active in each task's projection last step: the next solve starts there
+        self.register_buffer("active", torch.zeros(len(tasks), len(tasks), dtype=torch.bool))
+
     def solve(self, gramian: np.ndarray, losses: np.ndarray, index: np.ndarray) -> np.ndarray:
         T = len(gramian)
         scale = max(float(np.trace(gramian)) / T, 1e-300)
         K = gramian / scale
-        return np.mean([project_weights(K, i) for i in range(T)], axis=0)
+        previous = self.active.numpy()[np.ix_(index, index)]
+        V = np.stack([project_weights(K, i, previous[i]) for i in range(T)])
+        support = V - np.eye(T) > 0
+        self.active[np.ix_(index, index)] = torch.as_tensor(support)
+        return V.mean(axis=0)
