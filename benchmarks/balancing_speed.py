@@ -204,6 +204,7 @@ def report(results: dict, others: dict, args, versions: dict) -> list[str]:
 
 def plot(results: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -216,8 +217,8 @@ def plot(results: dict, path: Path) -> None:
             "multitask (parameters)": [_get(results[T], "multitask", name, "parameters") for T in Ts],
             "multitask (features)": [_get(results[T], "multitask", name, "features") for T in Ts],
             "multitask equal": [_get(results[T], "multitask", "equal", "-") for T in Ts],
-            f"torchjd {jd_name}": [_get(results[T], "torchjd", jd_name, "default") for T in Ts],
-            f"LibMTL {lm_name}": [_get(results[T], "libmtl", lm_name, "default") for T in Ts],
+            "torchjd, same method": [_get(results[T], "torchjd", jd_name, "default") for T in Ts],
+            "LibMTL, same method": [_get(results[T], "libmtl", lm_name, "default") for T in Ts],
         }
         for label, ys in series.items():
             if all(y is not None for y in ys):
@@ -226,6 +227,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(Ts, [str(T) for T in Ts])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(name)
         ax.set_xlabel("tasks T")
         ax.grid(True, which="both", alpha=0.3)
