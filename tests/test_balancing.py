@@ -77,4 +77,65 @@ def test_losses_must_match_tasks():
 
 
 def test_registry_names():
-    assert set(BALANCERS) == {"equal", "static", "uncertainty"}
+    assert set(BALANCERS) == {"equal", "static", "uncertainty", "dwa", "rlw", "gls", "imtl_l", "famo", "gradnorm",
+                              "mgda", "pcgrad", "gradvac", "graddrop", "cagrad", "imtl_g", "aligned_mtl",
+                              "nash_mtl", "upgrad", "db_mtl"}
+
+
+def test_dwa_weights_by_hand():
+    from multitask.balancing import DWA
+
+    d = DWA(TASKS[:2], temperature=2.0)
+    for epoch_losses in ([1.0, 2.0], [0.5, 1.5]):  # two epochs of one step each
+        d.combine({"r": torch.tensor(epoch_losses[0]), "b": torch.tensor(epoch_losses[1])})
+        assert d.weights() == {"r": 1.0, "b": 1.0}  # the first two epochs are unweighted
+        d.epoch_end(0)
+    r = torch.tensor([0.5 / 1.0, 1.5 / 2.0])
+    expected = 2 * torch.softmax(r / 2.0, 0)
+    d.combine({"r": torch.tensor(0.4), "b": torch.tensor(1.0)})
+    assert list(d.weights().values()) == pytest.approx(expected.tolist(), rel=1e-6)
+
+
+def test_gls_is_the_geometric_mean_and_skips_tasks_without_labels():
+    from multitask.balancing import GeometricMean
+
+    g = GeometricMean(TASKS)
+    assert g.combine(_losses()).item() == pytest.approx((0.8 * 0.3 * 1.7) ** (1 / 3))
+    assert g.combine(_losses(), {"r": True, "b": False, "c": True}).item() == pytest.approx((0.8 * 1.7) ** 0.5)
+
+
+def test_famo_weights():
+    from multitask.balancing import FAMO
+
+    f = FAMO(TASKS)
+    total = f.combine(_losses())
+    w = f.weights()
+    inv = {t: 1 / v.item() for t, v in _losses().items()}  # z uniform at the start: w_i ∝ 1/l_i
+    assert [w[t] for t in inv] == pytest.approx([v / sum(inv.values()) for v in inv.values()], rel=1e-5)
+    assert total.item() == pytest.approx(sum(w[t] * _losses()[t].item() for t in inv), rel=1e-5)
+    # after a step in which task 'r' improved most, its logit falls relative to the others
+    f.combine({"r": torch.tensor(0.4), "b": torch.tensor(0.3), "c": torch.tensor(1.7)})
+    assert f.xi[0] < f.xi[1] and f.xi[0] < f.xi[2]
+
+
+def test_rlw_weights_are_a_random_softmax():
+    from multitask.balancing import RLW
+
+    r = RLW(TASKS)
+    torch.manual_seed(0)
+    r.combine(_losses())
+    torch.manual_seed(0)
+    expected = torch.softmax(torch.randn(3), 0)
+    assert list(r.weights().values()) == pytest.approx(expected.tolist())
+
+
+def test_imtl_l_formula():
+    from multitask.balancing import IMTLL
+
+    m = IMTLL(TASKS)
+    with torch.no_grad():
+        m.s.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    L = _losses()
+    s = [0.1, -0.2, 0.3]
+    expected = sum(math.exp(si) * L[t].item() - si for si, t in zip(s, ["r", "b", "c"]))
+    assert m.combine(L).item() == pytest.approx(expected, rel=1e-6)
