@@ -206,3 +206,34 @@ def test_gramian_methods_declare_what_they_need():
     assert all(issubclass(BALANCERS[n], GramianBalancer) for n in
                ["mgda", "pcgrad", "gradvac", "cagrad", "imtl_g", "aligned_mtl", "nash_mtl", "upgrad", "gradnorm"])
     assert BALANCERS["graddrop"].requires == "jacobian" and BALANCERS["db_mtl"].requires == "jacobian"
+
+
+def test_a_change_in_labelled_tasks_forces_a_fresh_solve():
+    tasks, data = synthetic(64)
+    model = _model(tasks)
+    m = MGDA(tasks, every=10)
+    calls = []
+    original = m.solve
+    m.solve = lambda *a: (calls.append(1), original(*a))[1]
+    loss_of = _loss_of(tasks, data.targets)
+    for present in [None, None, {"reg": False, "bin": True, "cls": True}, {"reg": False, "bin": True, "cls": True}]:
+        model.zero_grad(set_to_none=True)
+        autograd.backward(model, m, data.inputs, loss_of, present)
+    assert len(calls) == 2  # the first step, and the step where 'reg' lost its labels; then reuse again
+    assert m.weights()["reg"] == 0.0 and sum(m.weights().values()) == pytest.approx(1.0)
+
+
+def test_gradnorm_and_db_mtl_heads_follow_the_methods_objective():
+    from multitask.balancing import DBMTL, GradNorm
+
+    tasks, data = synthetic(64)
+    for balancer, factor in [(DBMTL(tasks), lambda t, L: 1.0 / L), (GradNorm(tasks), lambda t, L: 1.0)]:
+        model = _model(tasks)
+        losses = autograd.backward(model, balancer, data.inputs, _loss_of(tasks, data.targets))
+        got = {t.name: [p.grad.clone() for p in model.task_parameters(t.name)] for t in tasks}
+        for t in tasks:
+            model.zero_grad(set_to_none=True)
+            L = t.loss(model(data.inputs, [t.name])[t.name], data.targets[t.name])
+            (factor(t.name, L.detach()) * L).backward()
+            assert all(torch.allclose(g, p.grad, rtol=1e-5, atol=1e-8)
+                       for g, p in zip(got[t.name], model.task_parameters(t.name)))

@@ -292,3 +292,23 @@ def test_db_mtl_first_step_by_hand():
     d = DBMTL(tasks(2)).aggregate(J, L, np.arange(2))
     g = J / L[:, None]  # log-loss gradients: norms 5 and 2
     assert torch.allclose(d, g[0] + 5 / 2 * g[1])
+
+
+def test_mgda_constraints_hold_on_the_returned_weights_with_normalisation():
+    G = np.array([[1.0, 0.0], [0.0, 10.0]])
+    T3 = np.vstack([G, [[3.0, 3.0]]])
+    w = MGDA(tasks(3), normalize="l2", constraints=[["t0", 1.0, "t1"]]).solve(T3 @ T3.T, np.ones(3), np.arange(3))
+    assert w[0] >= w[1] - 1e-9
+
+
+def test_gramian_of_dependent_tasks_is_exact_enough():
+    # g3 = g1 + g2: a rank-2 system; float32 round-off alone must not flip Aligned-MTL's weights
+    from multitask.autograd import _gram
+
+    g = torch.randn(2, 5000)
+    M = torch.cat([g, g.sum(0, keepdim=True)])
+    K = _gram(M).numpy()
+    Kd = (M.double() @ M.double().T).numpy()
+    wa = AlignedMTL(tasks(3)).solve(K, np.ones(3), np.arange(3))
+    wd = AlignedMTL(tasks(3)).solve(Kd, np.ones(3), np.arange(3))
+    assert wa == pytest.approx(wd, rel=1e-6)

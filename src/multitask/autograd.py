@@ -73,34 +73,40 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     head_params = _unique(p for t in tasks for p in model.task_parameters(t) if p.requires_grad)
     if not active:  # no labels for any task in this batch: nothing to learn from, nothing to write
         return losses
+    index = np.array([tasks.index(t) for t in active])
+    loss_values = torch.stack([losses[t].detach() for t in active])
+    scales = balancer.head_weights(loss_values, index)
     wrt = [leaves[t][k] for t in active for k in diff] + head_params
-    grads = torch.autograd.grad(sum(losses[t] for t in active), wrt, allow_unused=True)
+    objective = sum(losses[t] * (1.0 if scales is None else scales[i]) for i, t in enumerate(active))
+    grads = torch.autograd.grad(objective, wrt, allow_unused=True)
     n_feat = len(active) * len(diff)
     for p, g in zip(head_params, grads[n_feat:]):
         if g is not None:
             _accumulate(p, g)
     shared = [p for p in model.shared_parameters() if p.requires_grad]
+    losses = {t: l.detach() for t, l in losses.items()}  # free the graphs of tasks left out of this step
     if not diff or not shared:  # nothing shared (e.g. Independent): each network already has its gradient
-        balancer._record([1.0] * len(active), [tasks.index(t) for t in active])
+        balancer._record([1.0] * len(active), index)
         return losses
     # F[k]: per-task gradients on part k of the representation, stacked [T', *part.shape]
     F = [torch.stack([_or_zeros(grads[i * len(diff) + j], parts[k]) for i in range(len(active))])
          for j, k in enumerate(diff)]
-    index = np.array([tasks.index(t) for t in active])
-    loss_values = torch.stack([losses[t].detach() for t in active])
+    if scales is not None:  # undo the head factors: the method must see the plain task gradients
+        inv = torch.where(scales != 0, 1.0 / scales, torch.zeros_like(scales))
+        F = [f * inv.to(f.dtype).view(-1, *([1] * (f.dim() - 1))) for f in F]
     targets = [parts[k] for k in diff]
-    recompute = balancer.recompute_now()
+    recompute = balancer.recompute_now(index)
     balancer.steps += 1
 
     if isinstance(balancer, GramianBalancer) and not recompute:
-        w = balancer.cached_weights[torch.as_tensor(index)]
+        w = balancer.cached_weights[torch.as_tensor(index, device=balancer.cached_weights.device)]
         balancer._record(w.tolist(), index)
         torch.autograd.backward(targets, [_combine(w, f) for f in F])
         return losses
 
     if balancer.mode == "features":
         if isinstance(balancer, GramianBalancer):
-            gram = sum(_gram(f.flatten(1)) for f in F)
+            gram = _gram(torch.cat([f.flatten(1) for f in F], dim=1)) if len(F) > 1 else _gram(F[0].flatten(1))
             w = _solve(balancer, gram, loss_values, index)
             torch.autograd.backward(targets, [_combine(w, f) for f in F])
         else:
@@ -158,11 +164,20 @@ def _or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
 
 
 def _gram(M: Tensor) -> Tensor:
-    return M @ M.T
+    """M M^T in float64. The product is formed in M's precision (fast) and redone in float64 only when the
+    result is too ill-conditioned for float32 round-off to be negligible (e.g. linearly dependent tasks)."""
+    K = (M @ M.T).double()
+    if M.dtype != torch.float64 and K.shape[0] > 1:
+        eig = torch.linalg.eigvalsh(K)
+        top = float(eig[-1])
+        if top > 0 and float(eig[0]) < 1e-4 * top:
+            Md = M.double()
+            K = Md @ Md.T
+    return K
 
 
 def _combine(w: Tensor, f: Tensor) -> Tensor:
-    return torch.tensordot(w.to(f.dtype), f, dims=1)
+    return torch.tensordot(w.to(device=f.device, dtype=f.dtype), f, dims=1)
 
 
 def _split(d: Tensor, like: list[Tensor]) -> list[Tensor]:
@@ -179,7 +194,12 @@ def _solve(balancer: GramianBalancer, gram: Tensor, losses: Tensor, index: np.nd
     w = np.asarray(balancer.solve(K, losses.double().cpu().numpy(), index), dtype=np.float64)
     if w.shape != (len(index),) or not np.all(np.isfinite(w)):
         raise FloatingPointError(f"{type(balancer).__name__} returned invalid weights {w}")
-    balancer.cached_weights[torch.as_tensor(index)] = torch.as_tensor(w, dtype=torch.float64)
+    device = balancer.cached_weights.device
+    balancer.cached_weights[torch.as_tensor(index, device=device)] = torch.as_tensor(w, dtype=torch.float64,
+                                                                                     device=device)
+    present = torch.zeros_like(balancer.solved_for)
+    present[torch.as_tensor(index, device=device)] = True
+    balancer.solved_for.copy_(present)
     balancer._record(w.tolist(), index)
     return torch.as_tensor(w, dtype=gram.dtype, device=gram.device)
 

@@ -111,10 +111,20 @@ class GradientBalancer(Balancer):
         self.every = every
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("cached_weights", torch.ones(len(tasks), dtype=torch.float64))
+        self.register_buffer("solved_for", torch.zeros(len(tasks), dtype=torch.bool))  # tasks of the last solve
 
-    def recompute_now(self) -> bool:
-        """True on the steps where the weights are computed afresh (always the first)."""
-        return int(self.steps) % self.every == 0
+    def recompute_now(self, index: np.ndarray) -> bool:
+        """True on the steps where the weights are computed afresh: every `every`-th step, and whenever the
+        set of tasks with labels differs from the one the cached weights were solved for."""
+        present = np.zeros(len(self.task_names), dtype=bool)
+        present[index] = True
+        return int(self.steps) % self.every == 0 or not np.array_equal(present, self.solved_for.cpu().numpy())
+
+    def head_weights(self, losses: Tensor, index: np.ndarray) -> Tensor | None:
+        """Per-task factors for the task-specific parameters' gradients (None: each head gets its plain
+        task gradient, as in Sener & Koltun). Methods that re-weight or transform the losses themselves
+        (GradNorm's w_i, DB-MTL's log-loss) return them so that heads see the same objective."""
+        return None
 
 
 class GramianBalancer(GradientBalancer):

@@ -50,9 +50,9 @@ class CAGrad(GramianBalancer):
             norm = np.sqrt(max(float(w @ Kw), 1e-30))
             return float(w @ b) + sqrt_phi * norm, b + sqrt_phi * Kw / norm
 
-        w0 = self.last_w.numpy()[index]
+        w0 = self.last_w.cpu().numpy()[index]
         w = minimize_on_simplex(f_and_grad, w0 if np.all(np.isfinite(w0)) else np.full(T, 1.0 / T))
-        self.last_w[torch.as_tensor(index)] = torch.as_tensor(w)
+        self.last_w[torch.as_tensor(index, device=self.last_w.device)] = torch.as_tensor(w, device=self.last_w.device)
         gw_norm = np.sqrt(max(float(w @ K @ w), 1e-30))
         weights = np.full(T, 1.0 / T) + (sqrt_phi / gw_norm) * w
         return weights / (1 + self.c ** 2) if self.rescale else weights

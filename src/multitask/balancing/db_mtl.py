@@ -31,19 +31,24 @@ class DBMTL(JacobianBalancer):
         self.ema: Tensor | None = None  # [T, N]
         self.seen = torch.zeros(len(tasks), dtype=torch.bool)
 
+    def head_weights(self, losses: Tensor, index: np.ndarray) -> Tensor:
+        """Heads are trained on log L_t too: their gradient is grad L_t / L_t."""
+        return 1.0 / losses.clamp_min(1e-12)
+
     def aggregate(self, jacobian: Tensor, losses: Tensor, index: np.ndarray) -> Tensor:
         T, N = len(self.task_names), jacobian.shape[1]
         if self.ema is None or self.ema.shape[1] != N or self.ema.device != jacobian.device:
             # a new width (e.g. feature mode on a smaller last batch) restarts the averages
             self.ema = torch.zeros(T, N, device=jacobian.device, dtype=jacobian.dtype)
-            self.seen = torch.zeros(T, dtype=torch.bool)
+            self.seen = torch.zeros(T, dtype=torch.bool, device=jacobian.device)
         idx = torch.as_tensor(index, device=jacobian.device)
         g = jacobian / losses.to(jacobian.dtype).clamp_min(1e-12)[:, None]
-        first = ~self.seen[torch.as_tensor(index)]
+        self.seen = self.seen.to(jacobian.device)
+        first = ~self.seen[idx]
         ema = self.ema[idx]
-        new = torch.where(first.to(jacobian.device)[:, None], g, self.beta * ema + (1 - self.beta) * g)
+        new = torch.where(first[:, None], g, self.beta * ema + (1 - self.beta) * g)
         self.ema[idx] = new
-        self.seen[torch.as_tensor(index)] = True
+        self.seen[idx] = True
         norms = new.norm(dim=1)
         scale = norms.max() / norms.clamp_min(1e-30)
         scale = torch.where(norms > 0, scale, torch.zeros_like(scale))

@@ -32,14 +32,20 @@ class GradNorm(GramianBalancer):
         self.w = nn.Parameter(torch.ones(len(tasks)))
         self.register_buffer("initial_losses", torch.full((len(tasks),), float("nan"), dtype=torch.float64))
 
+    def head_weights(self, losses: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+        """Heads learn from sum_i w_i L_i as well (the paper's objective), with w normalised to sum to T."""
+        w = self.w.detach().clamp_min(1e-6)
+        return (len(self.task_names) * w / w.sum())[torch.as_tensor(index, device=w.device)].to(losses.device)
+
     def solve(self, gramian: np.ndarray, losses: np.ndarray, index: np.ndarray) -> np.ndarray:
         T_all = len(self.task_names)
         with torch.no_grad():  # keep sum_i w_i = T (and w > 0) after every optimiser step
             self.w.clamp_(min=1e-6)
             self.w.mul_(T_all / self.w.sum())
-        init = self.initial_losses.numpy()
+        init = self.initial_losses.cpu().numpy().copy()
         first = np.isnan(init[index])
         init[index[first]] = losses[first]
+        self.initial_losses.copy_(torch.as_tensor(init))
         w = self.w.detach().double().cpu().numpy()[index]
         norms = np.sqrt(np.maximum(np.diag(gramian), 0.0))
         G = w * norms

@@ -30,7 +30,7 @@ class GradVac(GramianBalancer):
 
     def solve(self, gramian: np.ndarray, losses: np.ndarray, index: np.ndarray) -> np.ndarray:
         T = len(gramian)
-        phi = self.targets.numpy()
+        phi = self.targets.cpu().numpy().copy()
         norms = np.sqrt(np.maximum(np.diag(gramian), 0.0))
         total = np.zeros(T)
         for i in range(T):
@@ -51,4 +51,5 @@ class GradVac(GramianBalancer):
                     c[j] += coef
                 phi[a, b] = (1 - self.beta) * phi[a, b] + self.beta * cos
             total += c
+        self.targets.copy_(torch.as_tensor(phi))
         return total

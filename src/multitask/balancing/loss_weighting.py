@@ -37,8 +37,8 @@ class DWA(LossBalancer):
         self._check(losses)
         L = torch.stack([losses[t] for t in self.task_names])
         keep = _present_mask(self.task_names, present, L.device)
-        self.sums += torch.where(keep, L.detach(), torch.zeros_like(L)).double().cpu()
-        self.counts += keep.double().cpu()
+        self.sums += torch.where(keep, L.detach(), torch.zeros_like(L)).to(self.sums)
+        self.counts += keep.to(self.counts)
         self._record(self.w.tolist())
         return (self.w.to(L.device) * L).sum()
 
@@ -125,14 +125,14 @@ class FAMO(LossBalancer):
     def combine(self, losses: Mapping[str, Tensor], present: Mapping[str, bool] | None = None) -> Tensor:
         self._check(losses)
         L = torch.stack([losses[t] for t in self.task_names])
-        keep = _present_mask(self.task_names, present, L.device).cpu()
+        keep = _present_mask(self.task_names, present, self.xi.device)
         l = (L - self.min_loss).clamp_min(0) + 1e-8
-        log_l = torch.log(l.detach()).float().cpu()
+        log_l = torch.log(l.detach()).to(self.xi)
         with torch.no_grad():
             self._update_logits(log_l, keep)
             self.prev_log = torch.where(keep, log_l, self.prev_log)
         z = torch.softmax(self.xi, 0).to(L.device, L.dtype)
-        inv = torch.where(keep.to(L.device), z / l.detach(), torch.zeros_like(L))
+        inv = torch.where(keep.to(L.device), z / l.detach(), torch.zeros_like(L))  # weights c z_i / l_i
         w = inv / inv.sum().clamp_min(1e-30)
         self._record(w.tolist())
         return (w * L).sum()

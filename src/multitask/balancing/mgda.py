@@ -3,9 +3,12 @@ gradients, d = sum_i w_i g_i with w = argmin_{w in simplex} ||sum_i w_i g_i||^2.
 
 Solved by Frank-Wolfe with exact line search (closed form for two tasks). `normalize` rescales each
 gradient before the solve, as in the paper: "none", "l2" (g/||g||), "loss" (g/L), "loss+" (g/(L ||g||)).
-`constraints` adds importance relations [task_i, c, task_j] meaning w_i >= c * w_j; the feasible set stays
-a convex polytope and Frank-Wolfe's linear step becomes a small LP. With ``mode="features"`` this is
-MGDA-UB, the paper's one-backward upper bound.
+The weights returned act on the raw gradients: with normalisation factors n_i the update is the min-norm
+point of the normalised gradients, sum_i u_i g_i / n_i, i.e. weights u_i / n_i. (The authors' code instead
+applies the simplex weights u_i to the raw losses, which is not the min-norm point of anything when n varies.)
+`constraints` adds importance relations [task_i, c, task_j] meaning w_i >= c * w_j on the returned weights;
+the feasible set stays a convex polytope and Frank-Wolfe's linear step becomes a small LP.
+With ``mode="features"`` this is MGDA-UB, the paper's one-backward upper bound.
 """
 from __future__ import annotations
 
@@ -53,12 +56,13 @@ class MGDA(GramianBalancer):
     def solve(self, gramian: np.ndarray, losses: np.ndarray, index: np.ndarray) -> np.ndarray:
         n = gradient_scales(gramian, losses, self.normalize)
         Kn = gramian / np.outer(n, n)
-        init = self.cached_weights.numpy()[index] * n  # the last solution, in normalised coordinates
+        init = self.cached_weights.cpu().numpy()[index] * n  # the last solution, in normalised coordinates
         init = init / init.sum() if init.sum() > 0 else None
         here = np.zeros(len(self.task_names), dtype=bool)
         here[index] = True
         # a constraint that names a task without labels in this batch is dropped for the step
-        rows = [r[index] for r in self._A if here[r != 0].all()]
+        # rows act on the returned weights w = u / n, so in the solver's coordinates u they read (r / n) u <= 0
+        rows = [r[index] / n for r in self._A if here[r != 0].all()]
         if rows:
             w = min_norm_polytope(Kn, np.array(rows), init)
         else:

@@ -57,6 +57,6 @@ class NashMTL(GramianBalancer):
         if not alive.any():
             return w
         K = gramian[np.ix_(alive, alive)]
-        previous = self.cached_weights.numpy()[index][alive]  # the engine keeps the last weights (a warm start)
+        previous = self.cached_weights.cpu().numpy()[index][alive]  # the engine keeps the last weights (a warm start)
         w[alive] = nash_weights(K, previous if np.all(previous > 0) and self.steps > 1 else None)
         return w

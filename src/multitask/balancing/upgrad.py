@@ -38,8 +38,10 @@ class UPGrad(GramianBalancer):
         T = len(gramian)
         scale = max(float(np.trace(gramian)) / T, 1e-300)
         K = gramian / scale
-        previous = self.active.numpy()[np.ix_(index, index)]
+        previous = self.active.cpu().numpy()[np.ix_(index, index)]
         V = np.stack([project_weights(K, i, previous[i]) for i in range(T)])
         support = V - np.eye(T) > 0
-        self.active[np.ix_(index, index)] = torch.as_tensor(support)
+        active = self.active.cpu().numpy().copy()
+        active[np.ix_(index, index)] = support
+        self.active.copy_(torch.as_tensor(active))
         return V.mean(axis=0)

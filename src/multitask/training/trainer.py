@@ -89,8 +89,7 @@ class Trainer:
             raise ValueError(f"balancer has tasks {self.balancer.task_names}; the trainer has {list(self.tasks)}")
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.monitor_higher = self._monitor_direction(self.config.monitor)
-        params = list(self.model.parameters()) + list(self.balancer.parameters())
-        self.optimizer = self._make_optimizer(params)
+        self.optimizer = self._make_optimizer(list(self.model.parameters()), list(self.balancer.parameters()))
         self.scheduler = self._make_scheduler()
         self.early = EarlyStopping(self.config.patience, self.monitor_higher)
         self.epoch = 0  # epochs completed
@@ -106,13 +105,19 @@ class Trainer:
             raise ValueError(f"monitor {monitor!r} is not available; choose one of {options}")
         return HIGHER_IS_BETTER[metric]
 
-    def _make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    def _make_optimizer(self, params: list[torch.nn.Parameter],
+                        balancer_params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """The model's parameters with the configured weight decay; a balancer's own parameters (learned
+        log-variances, loss scales, GradNorm weights) in a group without decay, which would bias them."""
         c = self.config
+        groups = [{"params": params, "weight_decay": c.weight_decay}]
+        if balancer_params:
+            groups.append({"params": balancer_params, "weight_decay": 0.0})
         if c.optimizer == "adam":
-            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+            return torch.optim.Adam(groups, lr=c.lr)
         if c.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+            return torch.optim.AdamW(groups, lr=c.lr)
+        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum)
 
     def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
         c = self.config
@@ -129,14 +134,18 @@ class Trainer:
         train.check_tasks(list(self.tasks.values()))
         if val is not None:
             val.check_tasks(list(self.tasks.values()))
+        elif self.config.patience is not None or self.config.monitor != "loss":
+            raise ValueError("early stopping (patience) and `monitor` need validation data: pass val=...")
         history: list[dict] = []
         if resume:
             history = self._resume()
         else:
             torch.manual_seed(self.config.seed)
-            if self.run_dir is not None:
+            if self.run_dir is not None:  # a fresh start: nothing of an earlier run may be resumed by mistake
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "metrics.jsonl").write_text("")
+                for stale in ("last.pt", "best.pt"):
+                    (self.run_dir / "checkpoints" / stale).unlink(missing_ok=True)
         masks = {t: self.tasks[t].label_mask(y) for t, y in train.targets.items()}
         complete = {t: bool(m.all()) for t, m in masks.items()}
         c = self.config
@@ -161,9 +170,8 @@ class Trainer:
                     cb(self, record)
         except StopTraining:
             pass
-        else:
-            if c.restore_best and self._best_state is not None:
-                self.model.load_state_dict(self._best_state)
+        if c.restore_best and self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
         return history
 
     def _train_epoch(self, train: MultiTaskData, masks: Mapping[str, Tensor],
@@ -265,6 +273,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "early_stopping": self.early.state_dict(),
             "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "config": asdict(self.config),
         }
 
@@ -276,7 +285,11 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.early.load_state_dict(state["early_stopping"])
         torch.set_rng_state(state["rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.epoch = int(state["epoch"])
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            self.scheduler.T_max = self.config.epochs  # `epochs` may grow on resume: anneal over the new total
 
     def _save(self, best: bool) -> None:
         if self.run_dir is None:
