@@ -149,13 +149,19 @@ def test_zero_and_tiny_gradients_give_no_nan(name):
         assert all(torch.isfinite(v).all() for v in g.values()), (name, mode)
 
 
+def _count_solves(balancer) -> list:
+    """Wrap `balancer.solve` so that each call appends to the returned list."""
+    calls: list = []
+    original = balancer.solve
+    balancer.solve = lambda *a: (calls.append(1), original(*a))[1]
+    return calls
+
+
 def test_weights_are_recomputed_every_k_steps():
     tasks, data = synthetic(64)
     model = _model(tasks)
     m = MGDA(tasks, every=3)
-    calls = []
-    original = m.solve
-    m.solve = lambda *a: (calls.append(1), original(*a))[1]
+    calls = _count_solves(m)
     for step in range(7):
         model.zero_grad(set_to_none=True)
         autograd.backward(model, m, data.inputs, _loss_of(tasks, data.targets))
@@ -212,9 +218,7 @@ def test_a_change_in_labelled_tasks_forces_a_fresh_solve():
     tasks, data = synthetic(64)
     model = _model(tasks)
     m = MGDA(tasks, every=10)
-    calls = []
-    original = m.solve
-    m.solve = lambda *a: (calls.append(1), original(*a))[1]
+    calls = _count_solves(m)
     loss_of = _loss_of(tasks, data.targets)
     for present in [None, None, {"reg": False, "bin": True, "cls": True}, {"reg": False, "bin": True, "cls": True}]:
         model.zero_grad(set_to_none=True)
