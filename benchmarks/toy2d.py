@@ -133,7 +133,6 @@ class Pareto:
     grid_beats: float     # most that a non-dominated grid point improves on the front (-min epsilon-indicator)
     grid_misses: float    # largest epsilon-indicator of a front point w.r.t. the grid front (grid resolution)
     n_grid_front: int
-    notes: list = field(default_factory=list)
 
 
 def _nondominated(L: np.ndarray) -> np.ndarray:
