@@ -139,3 +139,23 @@ def test_imtl_l_formula():
     s = [0.1, -0.2, 0.3]
     expected = sum(math.exp(si) * L[t].item() - si for si, t in zip(s, ["r", "b", "c"]))
     assert m.combine(L).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_log_loss_methods_refuse_negative_losses_by_name():
+    from multitask.balancing import GeometricMean
+
+    with pytest.raises(ValueError, match=r"task\(s\) \['b'\] have negative"):
+        GeometricMean(TASKS).combine({"r": torch.tensor(1.0), "b": torch.tensor(-0.5), "c": torch.tensor(1.0)})
+
+
+def test_famo_takes_a_lower_bound_per_task():
+    from multitask.balancing import FAMO
+
+    f = FAMO(TASKS, min_loss={"r": -1.0, "b": 0.0, "c": 0.5})
+    f.combine(_losses())
+    w = f.weights()
+    l = {"r": 0.8 + 1.0, "b": 0.3, "c": 1.7 - 0.5}
+    inv = {t: 1 / v for t, v in l.items()}
+    assert [w[t] for t in inv] == pytest.approx([v / sum(inv.values()) for v in inv.values()], rel=1e-4)
+    with pytest.raises(KeyError, match="unknown task"):
+        FAMO(TASKS, min_loss={"zz": 1.0})

@@ -33,6 +33,9 @@ class DBMTL(JacobianBalancer):
 
     def head_weights(self, losses: Tensor, index: np.ndarray) -> Tensor:
         """Heads are trained on log L_t too: their gradient is grad L_t / L_t."""
+        if bool((losses < 0).any()):
+            bad = [self.task_names[i] for i, v in zip(index, losses.tolist()) if v < 0]
+            raise ValueError(f"db_mtl trains on log-losses and needs positive losses; task(s) {bad} are negative")
         return 1.0 / losses.clamp_min(1e-12)
 
     def aggregate(self, jacobian: Tensor, losses: Tensor, index: np.ndarray) -> Tensor:

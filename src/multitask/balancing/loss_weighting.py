@@ -10,6 +10,14 @@ from multitask.balancing.base import LossBalancer
 from multitask.tasks import Task
 
 
+def _require_positive(method: str, names: Sequence[str], L: Tensor, keep: Tensor) -> None:
+    """Methods built on log-losses need L > 0: a negative loss is an error naming the task, not a silent clamp."""
+    bad = [names[i] for i in range(len(names)) if bool(keep[i]) and float(L[i]) < 0]
+    if bad:
+        raise ValueError(f"{method} needs positive losses; task(s) {bad} have negative ones "
+                         f"(shift them, e.g. FAMO's min_loss, or use another method)")
+
+
 def _present_mask(names: Sequence[str], present: Mapping[str, bool] | None, device: torch.device) -> Tensor:
     if present is None:
         return torch.ones(len(names), dtype=torch.bool, device=device)
@@ -78,6 +86,7 @@ class GeometricMean(LossBalancer):
         self._check(losses)
         L = torch.stack([losses[t] for t in self.task_names])
         keep = _present_mask(self.task_names, present, L.device)
+        _require_positive("gls", self.task_names, L.detach(), keep)
         logs = torch.where(keep, torch.log(L.clamp_min(1e-12)), torch.zeros_like(L))
         n = keep.sum().clamp_min(1)
         total = torch.exp(logs.sum() / n)
@@ -92,15 +101,25 @@ class FAMO(LossBalancer):
     Task logits xi give z = softmax(xi); the model follows sum_i c z_i / l_i grad l_i with
     c = 1 / sum_j (z_j / l_j) (a balanced decrease of log-losses). After each step xi moves along
     -(dz/dxi)^T [log l(t) - log l(t+1)] with weight decay `gamma`, by Adam with rate `lr` as in the authors' code.
-    Here l(t+1) is measured on the next batch (no extra forward pass); l_i = L_i - `min_loss` + 1e-8.
+    Here l(t+1) is measured on the next batch (no extra forward pass); l_i = L_i - `min_loss` + 1e-8, where
+    `min_loss` is one lower bound for all tasks or a mapping {task: bound}.
     """
 
     name = "famo"
 
-    def __init__(self, tasks: Sequence[Task], lr: float = 0.025, gamma: float = 0.01, min_loss: float = 0.0) -> None:
+    def __init__(self, tasks: Sequence[Task], lr: float = 0.025, gamma: float = 0.01,
+                 min_loss: float | Mapping[str, float] = 0.0) -> None:
         super().__init__(tasks)
         T = len(tasks)
-        self.lr, self.gamma, self.min_loss = float(lr), float(gamma), float(min_loss)
+        self.lr, self.gamma = float(lr), float(gamma)
+        if isinstance(min_loss, Mapping):
+            unknown = [t for t in min_loss if t not in self.task_names]
+            if unknown:
+                raise KeyError(f"famo: min_loss names unknown task(s) {unknown}; tasks are {self.task_names}")
+            bounds = [float(min_loss.get(t, 0.0)) for t in self.task_names]
+        else:
+            bounds = [float(min_loss)] * T
+        self.register_buffer("min_loss", torch.tensor(bounds))  # a lower bound per task (or one for all)
         self.register_buffer("xi", torch.zeros(T))
         self.register_buffer("prev_log", torch.full((T,), float("nan")))
         self.register_buffer("m", torch.zeros(T))
@@ -126,7 +145,7 @@ class FAMO(LossBalancer):
         self._check(losses)
         L = torch.stack([losses[t] for t in self.task_names])
         keep = _present_mask(self.task_names, present, self.xi.device)
-        l = (L - self.min_loss).clamp_min(0) + 1e-8
+        l = (L - self.min_loss.to(L)).clamp_min(0) + 1e-8
         log_l = torch.log(l.detach()).to(self.xi)
         with torch.no_grad():
             self._update_logits(log_l, keep)
