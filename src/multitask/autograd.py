@@ -105,12 +105,11 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
         return losses
 
     if balancer.mode == "features":
+        flat = torch.cat([f.flatten(1) for f in F], dim=1) if len(F) > 1 else F[0].flatten(1)
         if isinstance(balancer, GramianBalancer):
-            gram = _gram(torch.cat([f.flatten(1) for f in F], dim=1)) if len(F) > 1 else _gram(F[0].flatten(1))
-            w = _solve(balancer, gram, loss_values, index)
+            w = _solve(balancer, _gram(flat), loss_values, index)
             torch.autograd.backward(targets, [_combine(w, f) for f in F])
         else:
-            flat = torch.cat([f.flatten(1) for f in F], dim=1)
             d = _aggregate(balancer, flat, loss_values, index)
             torch.autograd.backward(targets, _split(d, [f[0] for f in F]))
         return losses

@@ -102,19 +102,20 @@ class Task:
         dataset once), which skips the masking arithmetic.
         """
         output = self._squeeze(output)
+        self._check_shapes(output, target)
         if complete:
-            self._check_shapes(output, target)
-            return (self.loss_fn or DEFAULT_LOSS[self.kind])(output, target if self.kind == "multiclass"
-                                                           else target.to(output.dtype)).mean()
+            return self._per_entry(output, target).mean()
         if mask is None:
             mask = self.label_mask(target)
         fill = torch.zeros((), dtype=target.dtype, device=target.device)
-        safe_target = torch.where(mask, target, fill)  # masked entries must not produce NaN
-        self._check_shapes(output, target)
-        fn = self.loss_fn or DEFAULT_LOSS[self.kind]
-        per_entry = fn(output, safe_target.to(output.dtype) if self.kind != "multiclass" else safe_target)
+        per_entry = self._per_entry(output, torch.where(mask, target, fill))  # masked entries must not give NaN
         m = mask.to(per_entry.dtype)
         return (per_entry * m).sum() / m.sum().clamp(min=1.0)
+
+    def _per_entry(self, output: Tensor, target: Tensor) -> Tensor:
+        """The element-wise loss; class targets stay integers, the others take the output's dtype."""
+        fn = self.loss_fn or DEFAULT_LOSS[self.kind]
+        return fn(output, target if self.kind == "multiclass" else target.to(output.dtype))
 
     def _check_shapes(self, output: Tensor, target: Tensor) -> None:
         if self.kind == "multiclass":
