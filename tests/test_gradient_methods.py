@@ -9,7 +9,7 @@ from multitask import Task
 from multitask.balancing import (DBMTL, IMTLG, MGDA, AlignedMTL, CAGrad, GradDrop, GradNorm, GradVac, NashMTL,
                                  PCGrad, UPGrad)
 from multitask.balancing.cagrad import cagrad_objective
-from multitask.balancing.solvers import min_norm_simplex, nonneg_qp, project_simplex
+from multitask.balancing.solvers import min_norm_simplex, nonneg_qp, nonneg_qp_many, project_simplex
 
 rng = np.random.default_rng(0)
 
@@ -197,6 +197,23 @@ def test_upgrad_projection_is_the_dual_cone_projection():
         assert v @ G == pytest.approx(r.x, abs=1e-6)
 
 
+@pytest.mark.parametrize("rank", [3, 8])
+def test_batched_nonneg_qp_matches_one_by_one_with_any_guess(rank):
+    # right, wrong, empty and full guessed supports; a rank-deficient Gramian makes some faces singular
+    rng = np.random.default_rng(rank)
+    G = rng.normal(size=(8, rank)) @ rng.normal(size=(rank, 30))
+    K = G @ G.T
+    Q = -K.T.copy()  # UPGrad's problems: project each gradient
+    for trial in range(5):
+        guesses = rng.random((8, 8)) < [0.0, 0.3, 0.6, 1.0, 0.5][trial]
+        X = nonneg_qp_many(K, Q, guesses)
+        for i in range(8):
+            ref = nonneg_qp(K, Q[i])
+            value = lambda x: 0.5 * x @ K @ x + Q[i] @ x
+            assert np.all(X[i] >= 0)
+            assert value(X[i]) == pytest.approx(value(ref), rel=1e-7, abs=1e-7 * np.trace(K))
+
+
 def test_upgrad_without_conflict_is_the_mean():
     G = random_jacobian(4, 10, conflict=False)
     assert solve(UPGrad(tasks(4)), G) == pytest.approx(np.full(4, 0.25))
@@ -286,12 +303,42 @@ def test_graddrop_keeps_one_sign_per_coordinate():
     assert torch.allclose(GradDrop(tasks(3)).aggregate(agree, torch.ones(3), np.arange(3)), agree.sum(0))
 
 
+def test_graddrop_equals_the_per_task_masks_of_the_paper():
+    # the literal definition: per task and coordinate keep g_i where (g_i > 0 and P > U) or (g_i < 0 and P < U)
+    J = torch.randn(5, 3000, generator=torch.Generator().manual_seed(1))
+    J[:, :100] = 0.0  # coordinates with no gradient at all
+    for leak in (0.0, 0.3):
+        torch.manual_seed(7)
+        d = GradDrop(tasks(5), leak=leak).aggregate(J, torch.ones(5), np.arange(5))
+        torch.manual_seed(7)
+        purity = 0.5 * (1 + J.sum(0) / J.abs().sum(0).clamp_min(1e-30))
+        u = torch.rand(purity.shape)
+        keep = ((J > 0) & (purity > u)) | ((J < 0) & (purity < u))
+        keep = leak + (1 - leak) * keep.float()
+        assert torch.allclose(d, (J * keep).sum(0), atol=1e-5)
+
+
 def test_db_mtl_first_step_by_hand():
     J = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
     L = torch.tensor([1.0, 0.5])
     d = DBMTL(tasks(2)).aggregate(J, L, np.arange(2))
     g = J / L[:, None]  # log-loss gradients: norms 5 and 2
     assert torch.allclose(d, g[0] + 5 / 2 * g[1])
+
+
+def test_db_mtl_moving_averages_over_steps_with_missing_tasks():
+    beta, gen = 0.8, torch.Generator().manual_seed(3)
+    m = DBMTL(tasks(3), beta=beta)
+    ema, seen = torch.zeros(3, 6), [False] * 3
+    for index in ([0, 1, 2], [0, 2], [1, 2], [0, 1, 2]):
+        J, L = torch.randn(len(index), 6, generator=gen), torch.rand(len(index), generator=gen) + 0.5
+        d = m.aggregate(J, L, np.array(index))
+        for row, t in enumerate(index):  # the definition, task by task
+            g = J[row] / L[row]
+            ema[t] = beta * ema[t] + (1 - beta) * g if seen[t] else g
+            seen[t] = True
+        norms = ema[index].norm(dim=1)
+        assert torch.allclose(d, ((norms.max() / norms)[:, None] * ema[index]).sum(0), atol=1e-5)
 
 
 def test_mgda_constraints_hold_on_the_returned_weights_with_normalisation():

@@ -89,7 +89,8 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
         balancer._record([1.0] * len(active), index)
         return losses
     # F[k]: per-task gradients on part k of the representation, stacked [T', *part.shape]
-    F = [torch.stack([_or_zeros(grads[i * len(diff) + j], parts[k]) for i in range(len(active))])
+    F = [torch.stack([_or_zeros(grads[i * len(diff) + j], parts[k]) for i in range(len(active))],
+                     out=_workspace(balancer, f"F{k}", (len(active),) + tuple(parts[k].shape), parts[k]))
          for j, k in enumerate(diff)]
     if scales is not None:  # undo the head factors: the method must see the plain task gradients
         inv = torch.where(scales != 0, 1.0 / scales, torch.zeros_like(scales))
@@ -114,7 +115,7 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
             torch.autograd.backward(targets, _split(d, [f[0] for f in F]))
         return losses
 
-    J = _jacobian(targets, shared, F)
+    J = _jacobian(targets, shared, F, balancer)
     if isinstance(balancer, GramianBalancer):
         w = _solve(balancer, _gram(J), loss_values, index)
         d = w.to(J.dtype) @ J
@@ -125,7 +126,19 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     return losses
 
 
-def _jacobian(targets: list[Tensor], shared: list[torch.nn.Parameter], F: list[Tensor]) -> Tensor:
+def _workspace(balancer: GradientBalancer, key: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A buffer kept on the balancer between steps for the large per-step matrices (F, J): allocating
+    megabytes afresh every step costs page faults that show up as a sizeable share of a small step.
+    Nothing may hold on to it after the step (balancers copy what they keep, e.g. DB-MTL's averages)."""
+    space = balancer.__dict__.setdefault("_workspace", {})
+    buf = space.get(key)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = space[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buf
+
+
+def _jacobian(targets: list[Tensor], shared: list[torch.nn.Parameter], F: list[Tensor],
+              balancer: GradientBalancer) -> Tensor:
     """Rows J[i] = d(sum_k <targets_k, F_k[i]>)/d(shared): per-task gradients on the shared parameters.
 
     On CUDA one batched (vmap) backward; on CPU one backward per row into a preallocated matrix, which
@@ -137,13 +150,15 @@ def _jacobian(targets: list[Tensor], shared: list[torch.nn.Parameter], F: list[T
         jac = torch.autograd.grad(targets, shared, grad_outputs=F, is_grads_batched=True, allow_unused=True)
         return torch.cat([(g if g is not None else torch.zeros((n,) + p.shape, device=p.device, dtype=p.dtype))
                           .reshape(n, -1) for g, p in zip(jac, shared)], dim=1)
-    J = torch.zeros(n, sum(sizes), dtype=shared[0].dtype)
+    J = _workspace(balancer, "J", (n, sum(sizes)), shared[0])
     for i in range(n):
         grads = torch.autograd.grad(targets, shared, grad_outputs=[f[i] for f in F], retain_graph=i < n - 1,
                                     allow_unused=True)
         offset = 0
         for g, size in zip(grads, sizes):
-            if g is not None:
+            if g is None:
+                J[i, offset:offset + size] = 0.0
+            else:
                 J[i, offset:offset + size] = g.reshape(-1)
             offset += size
     return J
@@ -193,12 +208,16 @@ def _solve(balancer: GramianBalancer, gram: Tensor, losses: Tensor, index: np.nd
     w = np.asarray(balancer.solve(K, losses.double().cpu().numpy(), index), dtype=np.float64)
     if w.shape != (len(index),) or not np.all(np.isfinite(w)):
         raise FloatingPointError(f"{type(balancer).__name__} returned invalid weights {w}")
-    device = balancer.cached_weights.device
-    balancer.cached_weights[torch.as_tensor(index, device=device)] = torch.as_tensor(w, dtype=torch.float64,
-                                                                                     device=device)
-    present = torch.zeros_like(balancer.solved_for)
-    present[torch.as_tensor(index, device=device)] = True
-    balancer.solved_for.copy_(present)
+    if len(index) == len(balancer.task_names):  # every task present (the usual case): two plain copies
+        balancer.cached_weights.copy_(torch.from_numpy(w))
+        balancer.solved_for.fill_(True)
+    else:
+        full = balancer.cached_weights.cpu().numpy().copy()
+        full[index] = w
+        present = np.zeros(len(balancer.task_names), dtype=bool)
+        present[index] = True
+        balancer.cached_weights.copy_(torch.from_numpy(full))
+        balancer.solved_for.copy_(torch.from_numpy(present))
     balancer._record(w.tolist(), index)
     return torch.as_tensor(w, dtype=gram.dtype, device=gram.device)
 

@@ -44,19 +44,22 @@ class DBMTL(JacobianBalancer):
             # a new width (e.g. feature mode on a smaller last batch) restarts the averages
             self.ema = torch.zeros(T, N, device=jacobian.device, dtype=jacobian.dtype)
             self.seen = torch.zeros(T, dtype=torch.bool, device=jacobian.device)
-        idx = torch.as_tensor(index, device=jacobian.device)
-        g = jacobian / losses.to(jacobian.dtype).clamp_min(1e-12)[:, None]
         self.seen = self.seen.to(jacobian.device)
-        first = ~self.seen[idx]
-        ema = self.ema[idx]
-        new = torch.where(first[:, None], g, self.beta * ema + (1 - self.beta) * g)
-        self.ema[idx] = new
+        inv_loss = 1.0 / losses.to(jacobian.dtype).clamp_min(1e-12)  # log-loss gradients: g_t / L_t
+        idx = torch.as_tensor(index, device=jacobian.device)
+        # new average: beta * ema + (1 - beta) * g, or g itself for a task seen for the first time
+        keep = torch.where(self.seen[idx], self.beta, 0.0).to(jacobian.dtype)
+        if len(index) == T:  # every task present: update the averages in place, no T x N temporaries
+            ema = self.ema.mul_(keep[:, None]).addcmul_(jacobian, ((1 - keep) * inv_loss)[:, None])
+        else:
+            ema = self.ema[idx].mul_(keep[:, None]).addcmul_(jacobian, ((1 - keep) * inv_loss)[:, None])
+            self.ema[idx] = ema
         self.seen[idx] = True
-        norms = new.norm(dim=1)
+        norms = torch.linalg.vector_norm(ema, dim=1)
         scale = norms.max() / norms.clamp_min(1e-30)
         scale = torch.where(norms > 0, scale, torch.zeros_like(scale))
         self._record(scale.tolist(), index)
-        return (scale[:, None] * new).sum(0)
+        return scale @ ema
 
     def get_extra_state(self) -> Any:
         return {"ema": self.ema, "seen": self.seen}

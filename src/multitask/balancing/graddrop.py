@@ -31,11 +31,15 @@ class GradDrop(JacobianBalancer):
         self.leak = float(leak)
 
     def aggregate(self, jacobian: Tensor, losses: Tensor, index: np.ndarray) -> Tensor:
+        # Per coordinate with s = P - U: the kept sum is sum_i max(g_i, 0) where s > 0 and sum_i min(g_i, 0)
+        # where s < 0, i.e. (A + S) / 2 or (S - A) / 2 with S = sum_i g_i and A = sum_i |g_i|; so the masks
+        # never need to be formed task by task (two reductions over the Jacobian, the rest on one row).
         total = jacobian.sum(0)
-        purity = 0.5 * (1.0 + total / jacobian.abs().sum(0).clamp_min(1e-30))
-        u = torch.rand(purity.shape, device=jacobian.device, dtype=jacobian.dtype)
-        keep = torch.where(jacobian > 0, purity > u, purity < u).to(jacobian.dtype)
+        absolute = jacobian.abs().sum(0)
+        purity = 0.5 * (1.0 + total / absolute.clamp_min(1e-30))
+        side = torch.sign(purity - torch.rand(purity.shape, device=jacobian.device, dtype=jacobian.dtype))
+        kept = 0.5 * side * (side * total + absolute)  # (S + A)/2 where P > U, (S - A)/2 where P < U, 0 if equal
         if self.leak > 0:
-            keep = self.leak + (1.0 - self.leak) * keep
+            kept = self.leak * total + (1.0 - self.leak) * kept
         self._record([1.0] * len(index), index)
-        return (jacobian * keep).sum(0)
+        return kept

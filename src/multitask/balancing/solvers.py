@@ -42,7 +42,10 @@ def _polish_on_face(K: np.ndarray, w: np.ndarray, tol: float) -> np.ndarray:
     A[:n, n] = A[n, :n] = 1.0
     rhs = np.zeros(n + 1)
     rhs[n] = 1.0
-    sol = np.linalg.lstsq(A, rhs, rcond=None)[0][:n]
+    try:  # the candidate is verified below, so a fast solve is safe; lstsq when the face is degenerate
+        sol = np.linalg.solve(A, rhs)[:n]
+    except np.linalg.LinAlgError:
+        sol = np.linalg.lstsq(A, rhs, rcond=None)[0][:n]
     if np.any(sol < -1e-12):
         return w
     cand = np.zeros_like(w)
@@ -86,6 +89,9 @@ def min_norm_simplex(K: np.ndarray, init: np.ndarray | None = None, max_iter: in
         return _min_norm_two(K)
     if init is not None and init.shape == (T,) and np.all(init >= 0) and init.sum() > 0:
         w = init / init.sum()
+        polished = _polish_on_face(K, w, tol)  # consecutive steps mostly share the optimal face: try it first
+        if polished is not w:
+            return polished
     else:
         w = _best_pair(K)
     scale = max(float(np.max(np.diag(K))), EPS)
@@ -173,8 +179,11 @@ def nonneg_qp(K: np.ndarray, q: np.ndarray, tol: float = 1e-12, max_iter: int = 
     scale = max(float(np.max(np.abs(np.diag(K)))), EPS)
     if guess is not None and guess.any():
         idx = np.nonzero(guess)[0]
-        s = np.linalg.lstsq(K[np.ix_(idx, idx)], -q[idx], rcond=None)[0]
-        if np.all(s > 0):
+        try:  # the KKT check below verifies the guess, so a fast solve is safe here
+            s = np.linalg.solve(K[np.ix_(idx, idx)], -q[idx])
+        except np.linalg.LinAlgError:
+            s = np.linalg.lstsq(K[np.ix_(idx, idx)], -q[idx], rcond=None)[0]
+        if np.all(s > 0) and np.all(np.isfinite(s)):
             x[idx] = s
             passive = guess.copy()
     grad = K @ x + q
@@ -198,6 +207,34 @@ def nonneg_qp(K: np.ndarray, q: np.ndarray, tol: float = 1e-12, max_iter: int = 
             x[~passive] = 0.0
         grad = K @ x + q
     return x
+
+
+def nonneg_qp_many(K: np.ndarray, Q: np.ndarray, guesses: np.ndarray, tol: float = 1e-12) -> np.ndarray:
+    """Row i: argmin_{x >= 0} 1/2 x^T K x + Q[i]^T x, for several linear terms at once (UPGrad's T projections).
+
+    The guessed supports (e.g. last step's) are solved together in one batched call and checked against the
+    KKT conditions; only the problems whose guess fails go through `nonneg_qp` one by one.
+    """
+    m, T = Q.shape
+    passive = guesses.astype(bool)
+    both = passive[:, :, None] & passive[:, None, :]
+    M = np.where(both, K[None], np.eye(T)[None])  # K on the support, identity elsewhere: x = 0 off it
+    rhs = np.where(passive, -Q, 0.0)
+    X = np.zeros((m, T))
+    todo = np.ones(m, dtype=bool)
+    try:
+        with np.errstate(all="ignore"):
+            X = np.linalg.solve(M, rhs[:, :, None])[:, :, 0]
+        scale = max(float(np.max(np.abs(np.diag(K)))), EPS)
+        grad = X @ K + Q
+        feasible = np.all(np.where(passive, X > 0, True), axis=1) & np.all(np.isfinite(X), axis=1)
+        optimal = np.all(np.where(passive, True, -grad <= tol * scale), axis=1)
+        todo = ~(feasible & optimal)
+    except np.linalg.LinAlgError:  # a singular face somewhere: solve every problem on its own
+        pass
+    for i in np.nonzero(todo)[0]:
+        X[i] = nonneg_qp(K, Q[i], tol=tol, guess=passive[i])
+    return X
 
 
 def minimize_on_simplex(f_and_grad, w0: np.ndarray, max_iter: int = 500, tol: float = 1e-12) -> np.ndarray:

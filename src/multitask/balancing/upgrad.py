@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from multitask.balancing.base import GramianBalancer
-from multitask.balancing.solvers import nonneg_qp
+from multitask.balancing.solvers import nonneg_qp, nonneg_qp_many
 from multitask.tasks import Task
 
 
@@ -39,7 +39,7 @@ class UPGrad(GramianBalancer):
         scale = max(float(np.trace(gramian)) / T, 1e-300)
         K = gramian / scale
         previous = self.active.cpu().numpy()[np.ix_(index, index)]
-        V = np.stack([project_weights(K, i, previous[i]) for i in range(T)])
+        V = nonneg_qp_many(K, K.T.copy(), previous) + np.eye(T)  # row i: project_weights(K, i), all at once
         support = V - np.eye(T) > 0
         active = self.active.cpu().numpy().copy()
         active[np.ix_(index, index)] = support
