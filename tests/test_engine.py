@@ -241,3 +241,30 @@ def test_gradnorm_and_db_mtl_heads_follow_the_methods_objective():
             (factor(t.name, L.detach()) * L).backward()
             assert all(torch.allclose(g, p.grad, rtol=1e-5, atol=1e-8)
                        for g, p in zip(got[t.name], model.task_parameters(t.name)))
+
+
+@pytest.mark.parametrize("mode", ["parameters", "features"])
+def test_freezing_or_replacing_parameters_between_steps_is_seen(mode):
+    # the engine caches its parameter lists between steps; a change to the model must still be respected
+    tasks, data = synthetic(64)
+    model, balancer = _model(tasks), MGDA(tasks, mode=mode)
+    loss_of = _loss_of(tasks, data.targets)
+    autograd.backward(model, balancer, data.inputs, loss_of)
+    first = next(p for p in model.shared_parameters())
+    first.requires_grad_(False)
+    model.zero_grad(set_to_none=True)
+    autograd.backward(model, balancer, data.inputs, loss_of)
+    assert first.grad is None
+    assert all(p.grad is not None for p in model.shared_parameters() if p.requires_grad)
+    head = model.task_parameters(tasks[0].name)
+    old = next(head)
+    with torch.no_grad():
+        new = nn.Parameter(old.detach().clone() + 1.0)
+    for module in model.modules():  # swap the parameter object where it lives
+        for name, p in list(module._parameters.items()):
+            if p is old:
+                module._parameters[name] = new
+    model.zero_grad(set_to_none=True)
+    old.grad = None
+    autograd.backward(model, balancer, data.inputs, loss_of)
+    assert new.grad is not None and old.grad is None

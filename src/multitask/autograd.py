@@ -51,9 +51,10 @@ def _like(rep: Any, parts: tuple) -> Any:
     return parts if isinstance(rep, (tuple, list)) else parts[0]
 
 
-def _accumulate(param: torch.nn.Parameter, grad: Tensor) -> None:
+def _accumulate(param: torch.nn.Parameter, grad: Tensor, fresh: bool = False) -> None:
+    """Add to `.grad`; a `fresh` tensor (just returned by autograd, referenced nowhere else) is taken as is."""
     if param.grad is None:
-        param.grad = grad.detach().clone()
+        param.grad = grad.detach() if fresh else grad.detach().clone()
     else:
         param.grad.add_(grad)
 
@@ -70,7 +71,7 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
         leaves[t] = tuple(p.detach().requires_grad_() if k in diff else p for k, p in enumerate(parts))
     losses = {t: loss_of(t, model.heads(_like(rep, leaves[t]), [t])[t]) for t in tasks}
     active = [t for t in tasks if present[t]]
-    head_params = _unique(p for t in tasks for p in model.task_parameters(t) if p.requires_grad)
+    head_params, shared = _parameter_lists(model, balancer)
     if not active:  # no labels for any task in this batch: nothing to learn from, nothing to write
         return losses
     index = np.array([tasks.index(t) for t in active])
@@ -82,8 +83,7 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     n_feat = len(active) * len(diff)
     for p, g in zip(head_params, grads[n_feat:]):
         if g is not None:
-            _accumulate(p, g)
-    shared = [p for p in model.shared_parameters() if p.requires_grad]
+            _accumulate(p, g, fresh=True)
     losses = {t: l.detach() for t, l in losses.items()}  # free the graphs of tasks left out of this step
     if not diff or not shared:  # nothing shared (e.g. Independent): each network already has its gradient
         balancer._record([1.0] * len(active), index)
@@ -124,6 +124,19 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     for p, g in zip(shared, _split(d, shared)):
         _accumulate(p, g)
     return losses
+
+
+def _parameter_lists(model: MultiTaskModel, balancer: GradientBalancer) -> tuple[list, list]:
+    """(task-specific, shared) trainable parameters, cached between steps; one pass over the model's
+    parameters checks that none was added, removed, replaced or frozen since (else the lists are rebuilt)."""
+    key = tuple((id(p), p.requires_grad) for p in model.parameters())
+    space = balancer.__dict__.setdefault("_workspace", {})
+    cached = space.get("params")
+    if cached is None or cached[0] != key:
+        heads = _unique(p for t in balancer.task_names for p in model.task_parameters(t) if p.requires_grad)
+        shared = [p for p in model.shared_parameters() if p.requires_grad]
+        cached = space["params"] = (key, heads, shared)
+    return cached[1], cached[2]
 
 
 def _workspace(balancer: GradientBalancer, key: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
