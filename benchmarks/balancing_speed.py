@@ -69,8 +69,38 @@ def multitask_step(method: str, T: int, mode: str | None, seed: int = 0) -> Call
     return step
 
 
+def jacobian_floor_step(T: int, seed: int = 0) -> Callable[[], None]:
+    """The least any exact parameter-mode method computes: the trunk's forward pass and T backward passes
+    through it (per-task gradients on the shared parameters), with no heads, losses, solver or optimizer."""
+    torch.manual_seed(seed)
+    trunk = nn.Sequential(nn.Linear(IN_DIM, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU())
+    params = list(trunk.parameters())
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    x, cotangents = torch.randn(BATCH, IN_DIM, generator=gen), torch.randn(T, BATCH, HIDDEN, generator=gen)
+
+    def step() -> None:
+        z = trunk(x)
+        for i in range(T):
+            torch.autograd.grad(z, params, cotangents[i], retain_graph=i < T - 1)
+
+    return step
+
+
+def gemm_step() -> Callable[[], None]:
+    """One (10 * batch) x 256 x 256 float32 matrix product: this machine's sustained GEMM rate right now."""
+    a, b = torch.randn(10 * BATCH, HIDDEN), torch.randn(HIDDEN, HIDDEN)
+    return lambda: torch.mm(a, b)
+
+
+def jacobian_macs(T: int) -> int:
+    """Multiply-adds of the trunk forward plus T per-task backward passes (weight and input gradients of
+    layer 2, weight gradient of layer 1; the input needs no gradient)."""
+    forward = BATCH * IN_DIM * HIDDEN + BATCH * HIDDEN * HIDDEN
+    return forward + T * (2 * BATCH * HIDDEN * HIDDEN + BATCH * IN_DIM * HIDDEN)
+
+
 def build_cells(T: int, others: dict) -> dict[tuple[str, str, str], Callable[[], None]]:
-    cells = {}
+    cells = {("floor", "jacobian", "-"): jacobian_floor_step(T), ("floor", "gemm", "-"): gemm_step()}
     for name, cls in BALANCERS.items():
         if issubclass(cls, GradientBalancer):
             for mode in ("parameters", "features"):
@@ -192,6 +222,9 @@ def report(results: dict, others: dict, args, versions: dict) -> list[str]:
                 if lm:
                     checks.append(f"{name}: parameters / LibMTL = {p / lm:.2f} (target < 1): "
                                   f"{'met' if p < lm else 'NOT met'}")
+                if lm and name == "graddrop":  # LibMTL runs GradDrop on the representation only
+                    checks.append(f"{name}: features / LibMTL (which applies it to the representation) = "
+                                  f"{f / lm:.2f}")
                 checks.append(f"{name}: features / equal = {f / eq:.2f} (target <= 1.5): "
                               f"{'met' if f / eq <= 1.5 else 'NOT met'}")
                 if name in ("nash_mtl", "cagrad"):
@@ -199,6 +232,24 @@ def report(results: dict, others: dict, args, versions: dict) -> list[str]:
                                   f"{'met' if p / mgda_p <= 1.3 else 'NOT met'}")
     if checks:
         lines += ["", "### Targets at T = 10", ""] + [f"- {c}" for c in checks]
+    if 10 in results:
+        res = results[10]
+        floor, gemm = _get(res, "floor", "jacobian", "-"), _get(res, "floor", "gemm", "-")
+        rate = 2 * 10 * BATCH * HIDDEN * HIDDEN / gemm  # flop/s
+        flop_floor = 2 * jacobian_macs(10) / rate
+        lines += ["", "### What exact per-task gradients cost at T = 10", "",
+                  f"- trunk forward + 10 backward passes alone (no heads, losses, solver or optimizer): "
+                  f"{1000 * floor:.2f} ms",
+                  f"- the same flops ({2 * jacobian_macs(10) / 1e6:.0f} MFLOP) at this run's GEMM rate "
+                  f"({rate / 1e9:.0f} GFLOP/s on a {10 * BATCH}x{HIDDEN}x{HIDDEN} product): {1000 * flop_floor:.2f} ms",
+                  "", "| method | torchjd ms | 0.6 x torchjd ms | multitask parameters ms | "
+                  "backward-pass floor ÷ torchjd | flop floor ÷ torchjd |", "|---|---:|---:|---:|---:|---:|"]
+        for name in BALANCERS:
+            jd = _get(res, "torchjd", SAME_METHOD.get(name, (None, None))[0], "default")
+            p = _get(res, "multitask", name, "parameters")
+            if jd and p and name != "equal":
+                lines.append(f"| {name} | {1000 * jd:.2f} | {600 * jd:.2f} | {1000 * p:.2f} | {floor / jd:.2f} | "
+                             f"{flop_floor / jd:.2f} |")
     return lines
 
 
