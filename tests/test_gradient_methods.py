@@ -255,6 +255,31 @@ def test_gradvac_with_zero_targets_is_pcgrad_on_conflicts():
     assert w_vac @ G == pytest.approx(w_pc @ G)
 
 
+def test_gradvac_matches_explicit_vectors_over_steps():
+    # the paper's rule on explicit gradient vectors, with the targets' moving average carried over 3 steps
+    beta, T = 0.3, 5
+    m = GradVac(tasks(T), beta=beta)
+    phi = np.zeros((T, T))
+    for step in range(3):
+        G = random_jacobian(T, 12)
+        torch.manual_seed(step)
+        w = solve(m, G)
+        torch.manual_seed(step)  # replay the same random orders
+        expected = np.zeros(12)
+        for i in range(T):
+            gi = G[i].copy()
+            for j in [j for j in torch.randperm(T).tolist() if j != i]:
+                cos = gi @ G[j] / (np.linalg.norm(gi) * np.linalg.norm(G[j]))
+                if cos < phi[i, j]:
+                    t = phi[i, j]
+                    gi = gi + (np.linalg.norm(gi) * (t * np.sqrt(1 - cos ** 2) - cos * np.sqrt(1 - t ** 2))
+                               / (np.linalg.norm(G[j]) * np.sqrt(1 - t ** 2))) * G[j]
+                phi[i, j] = (1 - beta) * phi[i, j] + beta * cos
+            expected += gi
+        assert w @ G == pytest.approx(expected, rel=1e-9, abs=1e-12)
+        assert m.targets.numpy() == pytest.approx(phi, rel=1e-9, abs=1e-12)
+
+
 def test_gradvac_raises_similarity_to_its_target():
     m = GradVac(tasks(2), beta=0.5)
     m.targets[0, 1] = m.targets[1, 0] = 0.5

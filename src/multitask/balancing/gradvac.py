@@ -7,6 +7,7 @@ Applied to the whole shared gradient (the paper also tries per-layer groups). Ru
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -31,24 +32,31 @@ class GradVac(GramianBalancer):
     def solve(self, gramian: np.ndarray, losses: np.ndarray, index: np.ndarray) -> np.ndarray:
         T = len(gramian)
         phi = self.targets.cpu().numpy().copy()
-        norms = np.sqrt(np.maximum(np.diag(gramian), 0.0))
+        K = gramian.tolist()  # T is small: plain floats beat NumPy's per-call overhead in this double loop
+        norms = [math.sqrt(max(K[j][j], 0.0)) for j in range(T)]
         total = np.zeros(T)
         for i in range(T):
-            c = np.zeros(T)
+            c = [0.0] * T
             c[i] = 1.0
+            Kc = list(K[i])  # K c, kept up to date, so that g_i' . g_j = Kc[j]
+            cKc = K[i][i]  # ||g_i'||^2
             for j in [j for j in torch.randperm(T).tolist() if j != i]:
                 if norms[j] <= 0:
                     continue
-                gi_norm = np.sqrt(max(float(c @ gramian @ c), 0.0))
+                gi_norm = math.sqrt(max(cKc, 0.0))
                 if gi_norm <= 0:
                     break
-                cos = float(c @ gramian[:, j]) / (gi_norm * norms[j])
+                cos = Kc[j] / (gi_norm * norms[j])
                 a, b = index[i], index[j]
-                target = phi[a, b]
+                target = float(phi[a, b])
                 if cos < target:
-                    coef = gi_norm * (target * np.sqrt(max(1 - cos * cos, 0.0)) - cos * np.sqrt(max(1 - target * target, 0.0)))
-                    coef /= norms[j] * np.sqrt(max(1 - target * target, 1e-12))
+                    coef = gi_norm * (target * math.sqrt(max(1 - cos * cos, 0.0))
+                                      - cos * math.sqrt(max(1 - target * target, 0.0)))
+                    coef /= norms[j] * math.sqrt(max(1 - target * target, 1e-12))
                     c[j] += coef
+                    cKc += 2 * coef * Kc[j] + coef * coef * K[j][j]
+                    Kj = K[j]
+                    Kc = [x + coef * y for x, y in zip(Kc, Kj)]
                 phi[a, b] = (1 - self.beta) * phi[a, b] + self.beta * cos
             total += c
         self.targets.copy_(torch.as_tensor(phi))

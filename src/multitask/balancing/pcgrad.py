@@ -24,10 +24,12 @@ class PCGrad(GramianBalancer):
         for i in range(T):
             c = np.zeros(T)
             c[i] = 1.0
-            others = [j for j in torch.randperm(T).tolist() if j != i]
-            for j in others:
-                dot = float(c @ gramian[:, j])  # g_i' . g_j
+            Kc = gramian[:, i].copy()  # K c, kept up to date: g_i' . g_j = Kc[j]
+            for j in [j for j in torch.randperm(T).tolist() if j != i]:
+                dot = float(Kc[j])
                 if dot < 0 and gramian[j, j] > 0:
-                    c[j] -= dot / gramian[j, j]
+                    coef = -dot / gramian[j, j]
+                    c[j] += coef
+                    Kc += coef * gramian[:, j]
             total += c
         return total
