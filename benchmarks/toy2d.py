@@ -340,6 +340,23 @@ def tables(evals: list[dict]) -> str:
 START_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
 
 
+def _panel_grid(plt, n: int, height: float):
+    """One panel per method, four to a row; the panels left over are blanked."""
+    cols = 4
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes
+
+
+def _finite_trajectory(run: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A run's trajectory without non-finite points, and at most ~2000 of them for drawing."""
+    tr = run["traj"]
+    tr = tr[np.isfinite(tr).all(1)]
+    return tr, tr[:: max(1, len(tr) // 2000)]
+
+
 def plot_trajectories(results, evals, pareto: Pareto, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -351,21 +368,14 @@ def plot_trajectories(results, evals, pareto: Pareto, path: str) -> None:
     axis = np.linspace(lo, hi, 400)
     X1, X2 = np.meshgrid(axis, axis)
     L1, L2 = toy_losses(X1, X2, np)
-    n = len(results)
-    cols = 4
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.2 * rows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
+    fig, axes = _panel_grid(plt, len(results), height=4.2)
     for ax, res, ev in zip(axes.flat, results, evals):
         cs = ax.contourf(X1, X2, L1 + L2, levels=30, cmap="Greys_r", alpha=0.55)
         ax.contour(X1, X2, L1 + L2, levels=15, colors="k", linewidths=0.3, alpha=0.4)
         ax.plot(pareto.xs[:, 0], pareto.xs[:, 1], color="gold", lw=5, solid_capstyle="round", zorder=2,
                 label="Pareto set")
         for k, (run, row) in enumerate(zip(res["runs"], ev["rows"])):
-            tr = run["traj"]
-            tr = tr[np.isfinite(tr).all(1)]
-            sub = tr[:: max(1, len(tr) // 2000)]
+            tr, sub = _finite_trajectory(run)
             ax.plot(sub[:, 0], sub[:, 1], color=START_COLORS[k], lw=1.6, zorder=3)
             ax.plot(*tr[0], "o", color="k", ms=6, zorder=4)
             ax.plot(*tr[-1], "*" if row["reached"] else "X", color=START_COLORS[k], mec="k", ms=13, zorder=5)
@@ -387,18 +397,11 @@ def plot_loss_space(results, evals, pareto: Pareto, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(results)
-    cols = 4
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.axis("off")
+    fig, axes = _panel_grid(plt, len(results), height=3.8)
     for ax, res, ev in zip(axes.flat, results, evals):
         ax.plot(pareto.front[:, 0], pareto.front[:, 1], color="gold", lw=5, zorder=2)
         for k, (run, row) in enumerate(zip(res["runs"], ev["rows"])):
-            tr = run["traj"]
-            tr = tr[np.isfinite(tr).all(1)]
-            sub = tr[:: max(1, len(tr) // 2000)]
+            tr, sub = _finite_trajectory(run)
             a, b = toy_losses(sub[:, 0], sub[:, 1], np)
             ax.plot(a, b, color=START_COLORS[k], lw=1.4, zorder=3)
             ax.plot(a[0], b[0], "o", color="k", ms=5, zorder=4)

@@ -126,11 +126,16 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     return losses
 
 
+def _space(balancer: GradientBalancer) -> dict:
+    """The engine's per-balancer scratch space (not a buffer: never checkpointed)."""
+    return balancer.__dict__.setdefault("_workspace", {})
+
+
 def _parameter_lists(model: MultiTaskModel, balancer: GradientBalancer) -> tuple[list, list]:
     """(task-specific, shared) trainable parameters, cached between steps; one pass over the model's
     parameters checks that none was added, removed, replaced or frozen since (else the lists are rebuilt)."""
     key = tuple((id(p), p.requires_grad) for p in model.parameters())
-    space = balancer.__dict__.setdefault("_workspace", {})
+    space = _space(balancer)
     cached = space.get("params")
     if cached is None or cached[0] != key:
         heads = _unique(p for t in balancer.task_names for p in model.task_parameters(t) if p.requires_grad)
@@ -143,7 +148,7 @@ def _workspace(balancer: GradientBalancer, key: str, shape: tuple[int, ...], lik
     """A buffer kept on the balancer between steps for the large per-step matrices (F, J): allocating
     megabytes afresh every step costs page faults that show up as a sizeable share of a small step.
     Nothing may hold on to it after the step (balancers copy what they keep, e.g. DB-MTL's averages)."""
-    space = balancer.__dict__.setdefault("_workspace", {})
+    space = _space(balancer)
     buf = space.get(key)
     if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
         buf = space[key] = torch.empty(shape, dtype=like.dtype, device=like.device)

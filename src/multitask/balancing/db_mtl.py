@@ -49,10 +49,10 @@ class DBMTL(JacobianBalancer):
         idx = torch.as_tensor(index, device=jacobian.device)
         # new average: beta * ema + (1 - beta) * g, or g itself for a task seen for the first time
         keep = torch.where(self.seen[idx], self.beta, 0.0).to(jacobian.dtype)
-        if len(index) == T:  # every task present: update the averages in place, no T x N temporaries
-            ema = self.ema.mul_(keep[:, None]).addcmul_(jacobian, ((1 - keep) * inv_loss)[:, None])
-        else:
-            ema = self.ema[idx].mul_(keep[:, None]).addcmul_(jacobian, ((1 - keep) * inv_loss)[:, None])
+        every_task = len(index) == T  # then the averages are updated in place, with no T x N temporaries
+        ema = self.ema if every_task else self.ema[idx]
+        ema.mul_(keep[:, None]).addcmul_(jacobian, ((1 - keep) * inv_loss)[:, None])
+        if not every_task:
             self.ema[idx] = ema
         self.seen[idx] = True
         norms = torch.linalg.vector_norm(ema, dim=1)

@@ -55,8 +55,7 @@ class GradVac(GramianBalancer):
                     coef /= norms[j] * math.sqrt(max(1 - target * target, 1e-12))
                     c[j] += coef
                     cKc += 2 * coef * Kc[j] + coef * coef * K[j][j]
-                    Kj = K[j]
-                    Kc = [x + coef * y for x, y in zip(Kc, Kj)]
+                    Kc = [x + coef * y for x, y in zip(Kc, K[j])]
                 phi[a, b] = (1 - self.beta) * phi[a, b] + self.beta * cos
             total += c
         self.targets.copy_(torch.as_tensor(phi))

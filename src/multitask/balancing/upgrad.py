@@ -13,15 +13,8 @@ import numpy as np
 import torch
 
 from multitask.balancing.base import GramianBalancer
-from multitask.balancing.solvers import nonneg_qp, nonneg_qp_many
+from multitask.balancing.solvers import nonneg_qp_many
 from multitask.tasks import Task
-
-
-def project_weights(K: np.ndarray, i: int, guess: np.ndarray | None = None) -> np.ndarray:
-    """v = argmin_{v >= e_i} v^T K v, as e_i + argmin_{x >= 0} 1/2 x^T K x + (K e_i)^T x."""
-    v = nonneg_qp(K, K[:, i].copy(), guess=guess)
-    v[i] += 1.0
-    return v
 
 
 class UPGrad(GramianBalancer):
@@ -39,7 +32,8 @@ class UPGrad(GramianBalancer):
         scale = max(float(np.trace(gramian)) / T, 1e-300)
         K = gramian / scale
         previous = self.active.cpu().numpy()[np.ix_(index, index)]
-        V = nonneg_qp_many(K, K.T.copy(), previous) + np.eye(T)  # row i: project_weights(K, i), all at once
+        # row i: v_i = argmin_{v >= e_i} v^T K v = e_i + argmin_{x >= 0} 1/2 x^T K x + (K e_i)^T x
+        V = nonneg_qp_many(K, K.T.copy(), previous) + np.eye(T)
         support = V - np.eye(T) > 0
         active = self.active.cpu().numpy().copy()
         active[np.ix_(index, index)] = support
