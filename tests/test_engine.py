@@ -268,3 +268,114 @@ def test_freezing_or_replacing_parameters_between_steps_is_seen(mode):
     old.grad = None
     autograd.backward(model, balancer, data.inputs, loss_of)
     assert new.grad is not None and old.grad is None
+
+
+class WithoutEntries(HardSharing):
+    """The same model, but the engine is not told about the head entries: it takes the generic path."""
+
+    def head_entries(self):
+        return None
+
+
+def _pair(tasks, head_hidden, seed=0):
+    """Two identical HardSharing models (trunk 8 -> 16 -> 12): one with head entries, one without."""
+    def build(cls):
+        torch.manual_seed(seed)
+        trunk = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 12), nn.Tanh())
+        return cls(tasks, trunk, 12, head_hidden=head_hidden)
+    return build(HardSharing), build(WithoutEntries)
+
+
+def _step_grads(model, balancer, data, loss_of, present=None, steps=2):
+    for _ in range(steps):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)  # the same random draws (RLW, GradDrop) on both paths
+        autograd.backward(model, balancer, data.inputs, loss_of, present)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", GRADIENT_METHODS)
+@pytest.mark.parametrize("mode", ["parameters", "features"])
+@pytest.mark.parametrize("head_hidden", [(), (6,)], ids=["linear-heads", "mlp-heads"])
+def test_gradients_taken_at_the_head_entries_equal_the_generic_path(name, mode, head_hidden):
+    # linear heads (1, 1 and 3 outputs) take the factored Gramian; 6-unit hidden layers the formed one
+    tasks, data = synthetic(48)
+    targets = dict(data.targets)
+    factored, generic = _pair(tasks, head_hidden)
+    assert factored.head_entries() is not None and generic.head_entries() is None
+    loss_of = _loss_of(tasks, targets)
+    for present in [None, {"reg": True, "bin": False, "cls": True}]:
+        a = _step_grads(factored, BALANCERS[name](tasks, mode=mode), data, loss_of, present)
+        b = _step_grads(generic, BALANCERS[name](tasks, mode=mode), data, loss_of, present)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), (name, mode, k, present)
+
+
+@pytest.mark.parametrize("sizes", [(1, 1, 1), (1, 3, 2), (4, 4)])
+def test_factored_gramian_and_sums_equal_those_of_the_formed_gradients(sizes):
+    g = torch.Generator().manual_seed(sum(sizes))
+    D = [torch.randn(2, 5, d, generator=g, dtype=torch.float64) for d in sizes]  # leading dims (2, 5)
+    W = [torch.randn(d, 7, generator=g, dtype=torch.float64) for d in sizes]
+    like = torch.zeros(2, 5, 7, dtype=torch.float64)
+    feats = autograd.FactoredGradients(D, W, like, MGDA([Task(f"t{i}", "regression") for i in range(len(sizes))]))
+    F = torch.stack([(d @ w).flatten() for d, w in zip(D, W)])
+    assert torch.allclose(feats.matrix(), F)
+    for factored in (True, False):  # both ways of forming the Gramian
+        feats.factored_gram_is_cheaper = lambda: factored
+        assert torch.allclose(feats.gram(), F @ F.T), factored
+    w = torch.tensor([0.5, -2.0, 1.5][:len(sizes)], dtype=torch.float64)
+    assert torch.allclose(feats.combine(w)[0].flatten(), w @ F)
+    total, absolute = feats.column_sums()
+    assert torch.allclose(total, F.sum(0)) and torch.allclose(absolute, F.abs().sum(0))
+
+
+def test_a_head_that_bypasses_its_entry_layer_is_an_error():
+    class Twice(HardSharing):  # applies the entry layer twice
+        def heads(self, rep, tasks):
+            return {t: self.task_heads[t](rep) + self.task_heads[t](rep) for t in tasks}
+
+        def head_entries(self):
+            return {t: self.task_heads[t][0] for t in self.task_names}
+
+    tasks, data = synthetic(32)
+    trunk = nn.Sequential(nn.Linear(8, 12), nn.ReLU())
+    with pytest.raises(RuntimeError, match="called exactly once"):
+        autograd.backward(Twice(tasks, trunk, 12), MGDA(tasks), data.inputs, _loss_of(tasks, data.targets))
+    # a subclass that overrides `heads` loses the entries: HardSharing cannot vouch for the new heads
+    class Overridden(HardSharing):
+        def heads(self, rep, tasks):
+            return super().heads(rep, tasks)
+
+    assert Overridden(tasks, trunk, 12).head_entries() is None
+
+
+def test_frozen_entry_layers_fall_back_to_the_generic_path():
+    tasks, data = synthetic(48)
+    factored, generic = _pair(tasks, ())
+    for m in (factored, generic):
+        for t in tasks:
+            m.task_heads[t.name][0].weight.requires_grad_(False)
+    loss_of = _loss_of(tasks, data.targets)
+    a = _step_grads(factored, MGDA(tasks, mode="features"), data, loss_of)
+    b = _step_grads(generic, MGDA(tasks, mode="features"), data, loss_of)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in b)
+
+
+@pytest.mark.parametrize("bad, raises", [(float("nan"), True), (float("inf"), True), (3e38, False)])
+def test_a_direction_that_is_not_finite_is_an_error(bad, raises):
+    from multitask.balancing.base import JacobianBalancer
+
+    class Fixed(JacobianBalancer):  # returns the mean row with two entries set to `bad`
+        def aggregate(self, jacobian, losses, index):
+            d = jacobian.mean(0).clone()
+            d[:2] = bad  # 3e38 twice overflows a float32 sum, yet every entry is finite: no error
+            return d
+
+    tasks = [Task(f"t{i}", "regression") for i in range(3)]
+    model = ParameterIsRepresentation(tasks)
+    if raises:
+        with pytest.raises(FloatingPointError, match="Fixed returned an invalid direction"):
+            _grads(model, Fixed(tasks, mode="features"))
+    else:
+        assert _grads(model, Fixed(tasks, mode="features"))["theta"][0] == pytest.approx(3e38, rel=1e-6)

@@ -65,11 +65,8 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     rep = model.shared(inputs)
     parts = _as_parts(rep)
     diff = [k for k, p in enumerate(parts) if isinstance(p, Tensor) and p.requires_grad]
-    # every task gets its own leaf copy of the differentiable parts of the representation
-    leaves: dict[str, tuple] = {}
-    for t in tasks:
-        leaves[t] = tuple(p.detach().requires_grad_() if k in diff else p for k, p in enumerate(parts))
-    losses = {t: loss_of(t, model.heads(_like(rep, leaves[t]), [t])[t]) for t in tasks}
+    entries = _usable_entries(model, tasks, rep) if diff else None
+    losses, taps = _task_losses(model, rep, parts, diff, tasks, loss_of, entries)
     active = [t for t in tasks if present[t]]
     head_params, shared = _parameter_lists(model, balancer)
     if not active:  # no labels for any task in this batch: nothing to learn from, nothing to write
@@ -77,24 +74,28 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     index = np.array([tasks.index(t) for t in active])
     loss_values = torch.stack([losses[t].detach() for t in active])
     scales = balancer.head_weights(loss_values, index)
-    wrt = [leaves[t][k] for t in active for k in diff] + head_params
+    wrt = [x for t in active for x in taps[t]] + head_params
     objective = sum(losses[t] * (1.0 if scales is None else scales[i]) for i, t in enumerate(active))
     grads = torch.autograd.grad(objective, wrt, allow_unused=True)
-    n_feat = len(active) * len(diff)
-    for p, g in zip(head_params, grads[n_feat:]):
+    n_tap = len(wrt) - len(head_params)
+    for p, g in zip(head_params, grads[n_tap:]):
         if g is not None:
             _accumulate(p, g, fresh=True)
     losses = {t: l.detach() for t, l in losses.items()}  # free the graphs of tasks left out of this step
     if not diff or not shared:  # nothing shared (e.g. Independent): each network already has its gradient
         balancer._record([1.0] * len(active), index)
         return losses
-    # F[k]: per-task gradients on part k of the representation, stacked [T', *part.shape]
-    F = [torch.stack([_or_zeros(grads[i * len(diff) + j], parts[k]) for i in range(len(active))],
-                     out=_workspace(balancer, f"F{k}", (len(active),) + tuple(parts[k].shape), parts[k]))
-         for j, k in enumerate(diff)]
+    taps_of = [taps[t] for t in active]
+    if entries is None:
+        feats: FeatureGradients = StackedGradients(
+            [torch.stack([_or_zeros(grads[i * len(diff) + j], parts[k]) for i in range(len(active))],
+                         out=_workspace(balancer, f"F{k}", (len(active),) + tuple(parts[k].shape), parts[k]))
+             for j, k in enumerate(diff)])
+    else:
+        feats = FactoredGradients([_or_zeros(g, u[0]) for g, u in zip(grads[:n_tap], taps_of)],
+                                  [entries[t].weight.detach() for t in active], parts[0], balancer)
     if scales is not None:  # undo the head factors: the method must see the plain task gradients
-        inv = torch.where(scales != 0, 1.0 / scales, torch.zeros_like(scales))
-        F = [f * inv.to(f.dtype).view(-1, *([1] * (f.dim() - 1))) for f in F]
+        feats.rescale(torch.where(scales != 0, 1.0 / scales, torch.zeros_like(scales)))
     targets = [parts[k] for k in diff]
     recompute = balancer.recompute_now(index)
     balancer.steps += 1
@@ -102,20 +103,22 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     if isinstance(balancer, GramianBalancer) and not recompute:
         w = balancer.cached_weights[torch.as_tensor(index, device=balancer.cached_weights.device)]
         balancer._record(w.tolist(), index)
-        torch.autograd.backward(targets, [_combine(w, f) for f in F])
+        torch.autograd.backward(targets, feats.combine(w))
         return losses
 
     if balancer.mode == "features":
-        flat = torch.cat([f.flatten(1) for f in F], dim=1) if len(F) > 1 else F[0].flatten(1)
         if isinstance(balancer, GramianBalancer):
-            w = _solve(balancer, _gram(flat), loss_values, index)
-            torch.autograd.backward(targets, [_combine(w, f) for f in F])
+            w = _solve(balancer, feats.gram(), loss_values, index)
+            torch.autograd.backward(targets, feats.combine(w))
+        elif balancer.column_sums_suffice:
+            d = _checked(balancer, balancer.aggregate_sums(*feats.column_sums(), index), feats.like_numel())
+            torch.autograd.backward(targets, _split(d, targets))
         else:
-            d = _aggregate(balancer, flat, loss_values, index)
-            torch.autograd.backward(targets, _split(d, [f[0] for f in F]))
+            d = _aggregate(balancer, feats.matrix(), loss_values, index)
+            torch.autograd.backward(targets, _split(d, targets))
         return losses
 
-    J = _jacobian(targets, shared, F, balancer)
+    J = _jacobian(targets, shared, feats, balancer)
     if isinstance(balancer, GramianBalancer):
         w = _solve(balancer, _gram(J), loss_values, index)
         d = w.to(J.dtype) @ J
@@ -124,6 +127,184 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     for p, g in zip(shared, _split(d, shared)):
         _accumulate(p, g)
     return losses
+
+
+def _usable_entries(model: MultiTaskModel, tasks: list[str], rep: Any) -> dict[str, torch.nn.Linear] | None:
+    """The model's head entry layers when the factored path applies this step: a single representation
+    tensor, one distinct plain `nn.Linear` per task with a trainable weight (so its output has a gradient)."""
+    if not isinstance(rep, Tensor):
+        return None
+    entries = model.head_entries()
+    if entries is None:
+        return None
+    layers = [entries.get(t) for t in tasks]
+    if any(e is None or type(e).forward is not torch.nn.Linear.forward or not e.weight.requires_grad
+           for e in layers) or len({id(e) for e in layers}) < len(layers):
+        return None
+    return entries
+
+
+def _task_losses(model: MultiTaskModel, rep: Any, parts: tuple, diff: list[int], tasks: list[str],
+                 loss_of: LossOf, entries: dict[str, torch.nn.Linear] | None
+                 ) -> tuple[dict[str, Tensor], dict[str, list[Tensor]]]:
+    """Every task's loss from its head, cut off from the trunk, and per task the tensors to differentiate
+    it against ("taps"): its own leaf copies of the representation's parts, or its head entry's output."""
+    if entries is None:
+        leaves = {t: tuple(p.detach().requires_grad_() if k in diff else p for k, p in enumerate(parts))
+                  for t in tasks}
+        losses = {t: loss_of(t, model.heads(_like(rep, leaves[t]), [t])[t]) for t in tasks}
+        return losses, {t: [leaves[t][k] for k in diff] for t in tasks}
+    z = rep.detach()
+    outputs: dict[str, list[Tensor]] = {t: [] for t in tasks}
+    handles = [entries[t].register_forward_hook(lambda _m, _a, out, t=t: outputs[t].append(out)) for t in tasks]
+    try:
+        losses = {t: loss_of(t, model.heads(z, [t])[t]) for t in tasks}
+    finally:
+        for h in handles:
+            h.remove()
+    wrong = [t for t in tasks if len(outputs[t]) != 1]
+    if wrong:
+        raise RuntimeError(f"{type(model).__name__}.head_entries(): the entry layer of task(s) {wrong} was not "
+                           "called exactly once by that task's head; a head must read the representation "
+                           "through its entry layer alone (else return None from head_entries)")
+    return losses, outputs
+
+
+class FeatureGradients:
+    """The present tasks' gradients F_i on the differentiable parts of the shared representation."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def gram(self) -> Tensor:
+        """K = F F^T in float64."""
+        raise NotImplementedError
+
+    def combine(self, w: Tensor) -> list[Tensor]:
+        """sum_i w_i F_i, one tensor per differentiable part."""
+        raise NotImplementedError
+
+    def matrix(self) -> Tensor:
+        """F as a [T', N] matrix (parts flattened and concatenated)."""
+        raise NotImplementedError
+
+    def row(self, i: int) -> list[Tensor]:
+        """F_i, one tensor per part."""
+        raise NotImplementedError
+
+    def stacked(self) -> list[Tensor]:
+        """F per part, [T', *part.shape]."""
+        raise NotImplementedError
+
+    def rescale(self, factors: Tensor) -> None:
+        """F_i <- factors_i F_i."""
+        raise NotImplementedError
+
+    def column_sums(self) -> tuple[Tensor, Tensor]:
+        """(sum_i F_i, sum_i |F_i|), flattened."""
+        M = self.matrix()
+        return M.sum(0), M.abs().sum(0)
+
+    def like_numel(self) -> int:
+        """N, the length of a flattened row."""
+        return self.matrix().shape[1]
+
+
+class StackedGradients(FeatureGradients):
+    """F held as it is: one [T', *part.shape] tensor per part."""
+
+    def __init__(self, F: list[Tensor]) -> None:
+        self.F = F
+
+    def __len__(self) -> int:
+        return self.F[0].shape[0]
+
+    def gram(self) -> Tensor:
+        return _gram(self.matrix())
+
+    def combine(self, w: Tensor) -> list[Tensor]:
+        return [_combine(w, f) for f in self.F]
+
+    def matrix(self) -> Tensor:
+        return torch.cat([f.flatten(1) for f in self.F], dim=1) if len(self.F) > 1 else self.F[0].flatten(1)
+
+    def row(self, i: int) -> list[Tensor]:
+        return [f[i] for f in self.F]
+
+    def stacked(self) -> list[Tensor]:
+        return self.F
+
+    def like_numel(self) -> int:
+        return sum(f[0].numel() for f in self.F)
+
+    def rescale(self, factors: Tensor) -> None:
+        self.F = [f * factors.to(f.dtype).view(-1, *([1] * (f.dim() - 1))) for f in self.F]
+
+
+class FactoredGradients(FeatureGradients):
+    """F_i = D_i W_i, kept as its factors: D_i = dL_i/du_i at the output u_i = z W_i^T + b_i of task i's head
+    entry layer ([..., d_i]) and that layer's weight W_i ([d_i, |z|'s last dim]). When the heads are narrow
+    (small d_i) the Gramian follows from small matrices, <D_s W_s, D_t W_t> = <D_s^T D_t, W_s W_t^T>, and a
+    combination sum_i w_i F_i is one product [w_1 D_1 ... w_T D_T] [W_1; ...; W_T]; F is never formed."""
+
+    def __init__(self, D: list[Tensor], W: list[Tensor], like: Tensor, balancer: GradientBalancer) -> None:
+        self.D, self.W, self.like, self.balancer = D, W, like, balancer
+
+    def __len__(self) -> int:
+        return len(self.D)
+
+    def factored_gram_is_cheaper(self) -> bool:
+        """Multiply-adds of the factored Gramian, (sum d)^2 (rows + width), against those of F F^T alone."""
+        width = self.like.shape[-1]
+        rows = self.like.numel() // max(width, 1)
+        s = sum(w.shape[0] for w in self.W)
+        return s * s * (rows + width) <= len(self.W) ** 2 * rows * width / 2
+
+    def gram(self) -> Tensor:
+        if not self.factored_gram_is_cheaper():
+            return _gram(self.matrix())
+        D = torch.cat([d.reshape(-1, d.shape[-1]) for d in self.D], dim=1).double()
+        W = torch.cat(self.W, dim=0).double()
+        H = (D.T @ D) * (W @ W.T)  # entry (a, b): <column a of D, column b> <row a of W, row b>
+        sizes = [w.shape[0] for w in self.W]
+        if all(s == 1 for s in sizes):
+            return H
+        owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(H.device)
+        E = torch.nn.functional.one_hot(owner, len(sizes)).to(H.dtype)  # [sum d, T']: which task owns a column
+        return E.T @ H @ E
+
+    def combine(self, w: Tensor) -> list[Tensor]:
+        w = w.to(device=self.like.device, dtype=self.like.dtype)
+        D = torch.cat([d * w[i] for i, d in enumerate(self.D)], dim=-1)
+        return [D @ torch.cat(self.W, dim=0)]
+
+    def row(self, i: int) -> list[Tensor]:
+        return [self.D[i] @ self.W[i]]
+
+    def matrix(self) -> Tensor:
+        return self.stacked()[0].flatten(1)
+
+    def stacked(self) -> list[Tensor]:
+        F = _workspace(self.balancer, "F0", (len(self.D),) + tuple(self.like.shape), self.like)
+        for i, (d, w) in enumerate(zip(self.D, self.W)):
+            torch.matmul(d, w, out=F[i])
+        return [F]
+
+    def rescale(self, factors: Tensor) -> None:
+        self.D = [d * factors[i].to(d.dtype) for i, d in enumerate(self.D)]
+
+    def column_sums(self) -> tuple[Tensor, Tensor]:
+        if any(w.shape[0] != 1 for w in self.W):
+            return super().column_sums()
+        # one output per head: F_i = D_i w_i is an outer product, so |F_i| = |D_i| |w_i| and the sums are
+        # two small products
+        total = self.combine(torch.ones(len(self.D), dtype=self.like.dtype, device=self.like.device))[0]
+        D = torch.cat(self.D, dim=-1).abs()
+        absolute = D @ torch.cat(self.W, dim=0).abs()
+        return total.flatten(), absolute.flatten()
+
+    def like_numel(self) -> int:
+        return self.like.numel()
 
 
 def _space(balancer: GradientBalancer) -> dict:
@@ -155,22 +336,24 @@ def _workspace(balancer: GradientBalancer, key: str, shape: tuple[int, ...], lik
     return buf
 
 
-def _jacobian(targets: list[Tensor], shared: list[torch.nn.Parameter], F: list[Tensor],
+def _jacobian(targets: list[Tensor], shared: list[torch.nn.Parameter], feats: FeatureGradients,
               balancer: GradientBalancer) -> Tensor:
     """Rows J[i] = d(sum_k <targets_k, F_k[i]>)/d(shared): per-task gradients on the shared parameters.
 
     On CUDA one batched (vmap) backward; on CPU one backward per row into a preallocated matrix, which
     measures 10-20% faster there (benchmarks/balancing_speed.py) because the batched rules add copies.
     """
-    n = F[0].shape[0]
     sizes = [p.numel() for p in shared]
     if targets[0].device.type != "cpu":
+        F = feats.stacked()
+        n = F[0].shape[0]
         jac = torch.autograd.grad(targets, shared, grad_outputs=F, is_grads_batched=True, allow_unused=True)
         return torch.cat([(g if g is not None else torch.zeros((n,) + p.shape, device=p.device, dtype=p.dtype))
                           .reshape(n, -1) for g, p in zip(jac, shared)], dim=1)
+    n = len(feats)
     J = _workspace(balancer, "J", (n, sum(sizes)), shared[0])
     for i in range(n):
-        grads = torch.autograd.grad(targets, shared, grad_outputs=[f[i] for f in F], retain_graph=i < n - 1,
+        grads = torch.autograd.grad(targets, shared, grad_outputs=feats.row(i), retain_graph=i < n - 1,
                                     allow_unused=True)
         offset = 0
         for g, size in zip(grads, sizes):
@@ -241,7 +424,12 @@ def _solve(balancer: GramianBalancer, gram: Tensor, losses: Tensor, index: np.nd
 
 
 def _aggregate(balancer: JacobianBalancer, M: Tensor, losses: Tensor, index: np.ndarray) -> Tensor:
-    d = balancer.aggregate(M, losses, index)
-    if d.shape != (M.shape[1],) or not torch.isfinite(d).all():
+    return _checked(balancer, balancer.aggregate(M, losses, index), M.shape[1])
+
+
+def _checked(balancer: JacobianBalancer, d: Tensor, n: int) -> Tensor:
+    # a finite sum proves every entry finite (NaN and inf propagate) and costs a tenth of isfinite().all();
+    # the full test runs only when the sum is not finite (which finite entries can cause by overflowing)
+    if d.shape != (n,) or not (torch.isfinite(d.sum()) or torch.isfinite(d).all()):
         raise FloatingPointError(f"{type(balancer).__name__} returned an invalid direction")
     return d

@@ -145,7 +145,14 @@ class JacobianBalancer(GradientBalancer):
     """A direction from the matrix of per-task gradients (rows)."""
 
     requires = "jacobian"
+    # True for methods whose direction depends on the Jacobian only through its column sums S = sum_i g_i
+    # and A = sum_i |g_i|; they implement `aggregate_sums`, and the engine may get S and A without forming J.
+    column_sums_suffice: ClassVar[bool] = False
 
     def aggregate(self, jacobian: Tensor, losses: Tensor, index: np.ndarray) -> Tensor:
         """The update direction (length N) from `jacobian` [T', N]; `index` as in `GramianBalancer.solve`."""
+        raise NotImplementedError
+
+    def aggregate_sums(self, total: Tensor, absolute: Tensor, index: np.ndarray) -> Tensor:
+        """The direction from the column sums of J and of |J| (only where `column_sums_suffice`)."""
         raise NotImplementedError

@@ -21,6 +21,7 @@ class GradDrop(JacobianBalancer):
     """Randomly keep, per coordinate, only the gradients of one sign, with odds set by sign purity."""
 
     name = "graddrop"
+    column_sums_suffice = True
 
     def __init__(self, tasks: Sequence[Task], mode: str = "features", every: int = 1, leak: float = 0.0) -> None:
         super().__init__(tasks, mode, every)
@@ -31,13 +32,14 @@ class GradDrop(JacobianBalancer):
         self.leak = float(leak)
 
     def aggregate(self, jacobian: Tensor, losses: Tensor, index: np.ndarray) -> Tensor:
+        return self.aggregate_sums(jacobian.sum(0), jacobian.abs().sum(0), index)
+
+    def aggregate_sums(self, total: Tensor, absolute: Tensor, index: np.ndarray) -> Tensor:
         # Per coordinate with s = P - U: the kept sum is sum_i max(g_i, 0) where s > 0 and sum_i min(g_i, 0)
         # where s < 0, i.e. (A + S) / 2 or (S - A) / 2 with S = sum_i g_i and A = sum_i |g_i|; so the masks
-        # never need to be formed task by task (two reductions over the Jacobian, the rest on one row).
-        total = jacobian.sum(0)
-        absolute = jacobian.abs().sum(0)
+        # never need to be formed task by task: the two column sums of the Jacobian are all it takes.
         purity = 0.5 * (1.0 + total / absolute.clamp_min(1e-30))
-        side = torch.sign(purity - torch.rand(purity.shape, device=jacobian.device, dtype=jacobian.dtype))
+        side = torch.sign(purity - torch.rand(purity.shape, device=total.device, dtype=total.dtype))
         kept = 0.5 * side * (side * total + absolute)  # (S + A)/2 where P > U, (S - A)/2 where P < U, 0 if equal
         if self.leak > 0:
             kept = self.leak * total + (1.0 - self.leak) * kept

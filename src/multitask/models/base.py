@@ -36,6 +36,13 @@ class MultiTaskModel(nn.Module):
         """Parameters that only `task`'s loss depends on."""
         raise NotImplementedError
 
+    def head_entries(self) -> dict[str, nn.Linear] | None:
+        """Optional. Per task, the `nn.Linear` layer through which alone that task's head reads the shared
+        representation, i.e. ``head_t(z) = rest_t(entry_t(z))``; None (the default) when the heads are not of
+        that form. It lets the gradient engine take per-task gradients at the entries' outputs, which are
+        small when the heads are narrow, instead of on z (see `multitask.autograd.FactoredGradients`)."""
+        return None
+
     def _check_tasks(self, tasks: Sequence[str] | None) -> list[str]:
         if tasks is None:
             return list(self.task_names)

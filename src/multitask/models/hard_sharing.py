@@ -35,6 +35,20 @@ class HardSharing(MultiTaskModel):
     def heads(self, representation: Tensor, tasks: Sequence[str]) -> dict[str, Tensor]:
         return {t: self.task_heads[t](representation) for t in tasks}
 
+    def head_entries(self) -> dict[str, nn.Linear] | None:
+        """Each head's first layer, when every head is still an `nn.Sequential` that starts with an
+        `nn.Linear` (as built here) and `heads` is not overridden."""
+        if type(self).heads is not HardSharing.heads:
+            return None
+        entries = {}
+        for t in self.task_names:
+            head = self.task_heads[t]
+            if (not isinstance(head, nn.Sequential) or type(head).forward is not nn.Sequential.forward
+                    or len(head) == 0 or not isinstance(head[0], nn.Linear)):
+                return None
+            entries[t] = head[0]
+        return entries
+
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         return self.trunk.parameters()
 
