@@ -65,18 +65,20 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     rep = model.shared(inputs)
     parts = _as_parts(rep)
     diff = [k for k, p in enumerate(parts) if isinstance(p, Tensor) and p.requires_grad]
-    entries = _usable_entries(model, tasks, rep) if diff else None
+    head_params, shared, entries = _layout(model, balancer)
+    entries = entries if diff and isinstance(rep, Tensor) else None
     losses, taps = _task_losses(model, rep, parts, diff, tasks, loss_of, entries)
     active = [t for t in tasks if present[t]]
-    head_params, shared = _parameter_lists(model, balancer)
     if not active:  # no labels for any task in this batch: nothing to learn from, nothing to write
         return losses
     index = np.array([tasks.index(t) for t in active])
     loss_values = torch.stack([losses[t].detach() for t in active])
     scales = balancer.head_weights(loss_values, index)
     wrt = [x for t in active for x in taps[t]] + head_params
-    objective = sum(losses[t] * (1.0 if scales is None else scales[i]) for i, t in enumerate(active))
-    grads = torch.autograd.grad(objective, wrt, allow_unused=True)
+    roots = [losses[t] for t in active]  # each loss is a root of the backward pass: no summed graph to build
+    seeds = ([torch.ones_like(r) for r in roots] if scales is None
+             else [s.detach().to(r.dtype) for s, r in zip(scales, roots)])
+    grads = torch.autograd.grad(roots, wrt, seeds, allow_unused=True)
     n_tap = len(wrt) - len(head_params)
     for p, g in zip(head_params, grads[n_tap:]):
         if g is not None:
@@ -98,7 +100,7 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
         feats.rescale(torch.where(scales != 0, 1.0 / scales, torch.zeros_like(scales)))
     targets = [parts[k] for k in diff]
     recompute = balancer.recompute_now(index)
-    balancer.steps += 1
+    balancer.steps.add_(1)
 
     if isinstance(balancer, GramianBalancer) and not recompute:
         w = balancer.cached_weights[torch.as_tensor(index, device=balancer.cached_weights.device)]
@@ -129,11 +131,9 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     return losses
 
 
-def _usable_entries(model: MultiTaskModel, tasks: list[str], rep: Any) -> dict[str, torch.nn.Linear] | None:
-    """The model's head entry layers when the factored path applies this step: a single representation
-    tensor, one distinct plain `nn.Linear` per task with a trainable weight (so its output has a gradient)."""
-    if not isinstance(rep, Tensor):
-        return None
+def _usable_entries(model: MultiTaskModel, tasks: list[str]) -> dict[str, torch.nn.Linear] | None:
+    """The model's head entry layers when the factored path can use them: one distinct plain `nn.Linear`
+    per task with a trainable weight (so its output has a gradient)."""
     entries = model.head_entries()
     if entries is None:
         return None
@@ -248,60 +248,71 @@ class FactoredGradients(FeatureGradients):
     combination sum_i w_i F_i is one product [w_1 D_1 ... w_T D_T] [W_1; ...; W_T]; F is never formed."""
 
     def __init__(self, D: list[Tensor], W: list[Tensor], like: Tensor, balancer: GradientBalancer) -> None:
-        self.D, self.W, self.like, self.balancer = D, W, like, balancer
+        self.like, self.balancer = like, balancer
+        self.sizes = [w.shape[0] for w in W]
+        self.D = torch.cat([d.reshape(-1, d.shape[-1]) for d in D], dim=1)  # [rows, sum d]: D_i side by side
+        self.W = torch.cat(W, dim=0)  # [sum d, width]: W_i stacked
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
 
     def __len__(self) -> int:
-        return len(self.D)
+        return len(self.sizes)
+
+    def _per_column(self, v: Tensor) -> Tensor:
+        """A per-task vector repeated over each task's d_i columns."""
+        v = v.to(device=self.D.device, dtype=self.D.dtype)
+        return v if self.D.shape[1] == len(self.sizes) else v.repeat_interleave(
+            torch.tensor(self.sizes, device=v.device))
+
+    def _F(self, i: int, out: Tensor | None = None) -> Tensor:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        rows = self.D[:, a:b] @ self.W[a:b] if out is None else torch.matmul(self.D[:, a:b], self.W[a:b], out=out)
+        return rows.view(self.like.shape)
 
     def factored_gram_is_cheaper(self) -> bool:
         """Multiply-adds of the factored Gramian, (sum d)^2 (rows + width), against those of F F^T alone."""
-        width = self.like.shape[-1]
-        rows = self.like.numel() // max(width, 1)
-        s = sum(w.shape[0] for w in self.W)
-        return s * s * (rows + width) <= len(self.W) ** 2 * rows * width / 2
+        rows, s = self.D.shape
+        width = self.W.shape[1]
+        return s * s * (rows + width) <= len(self.sizes) ** 2 * rows * width / 2
 
     def gram(self) -> Tensor:
         if not self.factored_gram_is_cheaper():
             return _gram(self.matrix())
-        D = torch.cat([d.reshape(-1, d.shape[-1]) for d in self.D], dim=1).double()
-        W = torch.cat(self.W, dim=0).double()
+        D, W = self.D.double(), self.W.double()
         H = (D.T @ D) * (W @ W.T)  # entry (a, b): <column a of D, column b> <row a of W, row b>
-        sizes = [w.shape[0] for w in self.W]
-        if all(s == 1 for s in sizes):
+        if D.shape[1] == len(self.sizes):
             return H
-        owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(H.device)
-        E = torch.nn.functional.one_hot(owner, len(sizes)).to(H.dtype)  # [sum d, T']: which task owns a column
+        owner = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes)).to(H.device)
+        E = torch.nn.functional.one_hot(owner, len(self.sizes)).to(H.dtype)  # [sum d, T']: a column's task
         return E.T @ H @ E
 
     def combine(self, w: Tensor) -> list[Tensor]:
-        w = w.to(device=self.like.device, dtype=self.like.dtype)
-        D = torch.cat([d * w[i] for i, d in enumerate(self.D)], dim=-1)
-        return [D @ torch.cat(self.W, dim=0)]
+        return [((self.D * self._per_column(w)) @ self.W).view(self.like.shape)]
 
     def row(self, i: int) -> list[Tensor]:
-        return [self.D[i] @ self.W[i]]
+        return [self._F(i)]
 
     def matrix(self) -> Tensor:
         return self.stacked()[0].flatten(1)
 
     def stacked(self) -> list[Tensor]:
-        F = _workspace(self.balancer, "F0", (len(self.D),) + tuple(self.like.shape), self.like)
-        for i, (d, w) in enumerate(zip(self.D, self.W)):
-            torch.matmul(d, w, out=F[i])
+        F = _workspace(self.balancer, "F0", (len(self.sizes),) + tuple(self.like.shape), self.like)
+        rows = F.view(len(self.sizes), self.D.shape[0], -1)
+        if self.D.shape[1] == len(self.sizes):  # one output per head: T' outer products in one broadcast
+            torch.mul(self.D.T[:, :, None], self.W[:, None, :], out=rows)
+        else:
+            for i in range(len(self.sizes)):
+                self._F(i, out=rows[i])
         return [F]
 
     def rescale(self, factors: Tensor) -> None:
-        self.D = [d * factors[i].to(d.dtype) for i, d in enumerate(self.D)]
+        self.D = self.D * self._per_column(factors)
 
     def column_sums(self) -> tuple[Tensor, Tensor]:
-        if any(w.shape[0] != 1 for w in self.W):
+        if self.D.shape[1] != len(self.sizes):
             return super().column_sums()
-        # one output per head: F_i = D_i w_i is an outer product, so |F_i| = |D_i| |w_i| and the sums are
-        # two small products
-        total = self.combine(torch.ones(len(self.D), dtype=self.like.dtype, device=self.like.device))[0]
-        D = torch.cat(self.D, dim=-1).abs()
-        absolute = D @ torch.cat(self.W, dim=0).abs()
-        return total.flatten(), absolute.flatten()
+        # one output per head: F_i = D_i w_i is an outer product, so |F_i| = |D_i| |w_i| and both sums
+        # are small products
+        return (self.D @ self.W).flatten(), (self.D.abs() @ self.W.abs()).flatten()
 
     def like_numel(self) -> int:
         return self.like.numel()
@@ -312,17 +323,18 @@ def _space(balancer: GradientBalancer) -> dict:
     return balancer.__dict__.setdefault("_workspace", {})
 
 
-def _parameter_lists(model: MultiTaskModel, balancer: GradientBalancer) -> tuple[list, list]:
-    """(task-specific, shared) trainable parameters, cached between steps; one pass over the model's
-    parameters checks that none was added, removed, replaced or frozen since (else the lists are rebuilt)."""
+def _layout(model: MultiTaskModel, balancer: GradientBalancer) -> tuple[list, list, dict | None]:
+    """(task-specific trainable parameters, shared ones, usable head entries), cached between steps; one pass
+    over the model's parameters checks that none was added, removed, replaced or frozen since (else all
+    three are rebuilt: replacing or freezing a head layer changes its parameters)."""
     key = tuple((id(p), p.requires_grad) for p in model.parameters())
     space = _space(balancer)
-    cached = space.get("params")
+    cached = space.get("layout")
     if cached is None or cached[0] != key:
         heads = _unique(p for t in balancer.task_names for p in model.task_parameters(t) if p.requires_grad)
         shared = [p for p in model.shared_parameters() if p.requires_grad]
-        cached = space["params"] = (key, heads, shared)
-    return cached[1], cached[2]
+        cached = space["layout"] = (key, heads, shared, _usable_entries(model, balancer.task_names))
+    return cached[1], cached[2], cached[3]
 
 
 def _workspace(balancer: GradientBalancer, key: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
