@@ -379,3 +379,38 @@ def test_a_direction_that_is_not_finite_is_an_error(bad, raises):
             _grads(model, Fixed(tasks, mode="features"))
     else:
         assert _grads(model, Fixed(tasks, mode="features"))["theta"][0] == pytest.approx(3e38, rel=1e-6)
+
+
+@pytest.mark.parametrize("head_hidden", [(), (6,)], ids=["factored", "stacked"])
+def test_batched_jacobian_equals_the_per_task_loop(head_hidden, monkeypatch):
+    # the batched (vmap) branch is the one CUDA takes; it runs on CPU too, so it is checked here
+    tasks, data = synthetic(48)
+    loss_of = _loss_of(tasks, data.targets)
+    original = autograd._jacobian
+    for generic in (False, True):
+        model = _pair(tasks, head_hidden)[int(generic)]
+        seen = []
+        for batched in (False, True):
+            monkeypatch.setattr(autograd, "_jacobian", lambda *a, b=batched: seen.append(
+                original(*a, batched=b).clone()) or seen[-1])
+            _step_grads(model, UPGrad(tasks), data, loss_of, steps=1)
+        loop, vmap = seen
+        assert loop.shape == vmap.shape and loop.abs().sum() > 0
+        assert torch.allclose(loop, vmap, rtol=1e-5, atol=1e-7)
+
+
+def test_batched_jacobian_handles_embeddings_and_a_two_part_representation(monkeypatch):
+    from multitask import MMoE
+
+    tasks, data = synthetic(32)
+    torch.manual_seed(0)
+    x = {"num": data.inputs[:, :4], "cat": torch.randint(0, 5, (32, 2))}
+    model = MMoE.tabular(tasks, InputSchema(4, (5, 5)))  # embeddings; representation (x, experts)
+    loss_of = _loss_of(tasks, data.targets)
+    original, seen = autograd._jacobian, []
+    for batched in (False, True):
+        monkeypatch.setattr(autograd, "_jacobian", lambda *a, b=batched: seen.append(
+            original(*a, batched=b).clone()) or seen[-1])
+        model.zero_grad(set_to_none=True)
+        autograd.backward(model, UPGrad(tasks), x, loss_of)
+    assert seen[0].abs().sum() > 0 and torch.allclose(seen[0], seen[1], rtol=1e-5, atol=1e-7)

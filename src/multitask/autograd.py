@@ -9,6 +9,10 @@ computing only what the balancer `requires`. It knows no particular method.
   - parameters mode: F is pulled back through the trunk (one batched vmap backward on CUDA, a backward per
     task on CPU, where that is faster) into the Jacobian J on the shared parameters (T' x P); the method sees
     J (or J J^T) and the aggregated row is written to `.grad`. No head is walked for another task's loss.
+  When the model names its heads' entry layers (``head_entries()``: head_t(z) = rest_t(z W_t^T + b_t)),
+  the gradients are taken at those layers' outputs instead, and F_i = D_i W_i is kept as its two factors
+  (`FactoredGradients`): the Gramian, combinations and GradDrop's sums come from small products, and F is
+  formed only for a method that needs its entries.
   Tasks without labels in the batch drop out of F and J for that step. With ``every=k`` the weights are
   recomputed every k steps; in between the cached weights combine F with no Gramian and no solver.
 As in Sener & Koltun (2018), task-specific parameters get their task's plain gradient; only the shared
@@ -349,14 +353,15 @@ def _workspace(balancer: GradientBalancer, key: str, shape: tuple[int, ...], lik
 
 
 def _jacobian(targets: list[Tensor], shared: list[torch.nn.Parameter], feats: FeatureGradients,
-              balancer: GradientBalancer) -> Tensor:
+              balancer: GradientBalancer, batched: bool | None = None) -> Tensor:
     """Rows J[i] = d(sum_k <targets_k, F_k[i]>)/d(shared): per-task gradients on the shared parameters.
 
-    On CUDA one batched (vmap) backward; on CPU one backward per row into a preallocated matrix, which
-    measures 10-20% faster there (benchmarks/balancing_speed.py) because the batched rules add copies.
+    `batched` (default: on any device but the CPU): one batched (vmap) backward; else one backward per row
+    into a preallocated matrix, which measures 10-20% faster on CPU (benchmarks/balancing_speed.py) because
+    the batched rules add copies.
     """
     sizes = [p.numel() for p in shared]
-    if targets[0].device.type != "cpu":
+    if batched if batched is not None else targets[0].device.type != "cpu":
         F = feats.stacked()
         n = F[0].shape[0]
         jac = torch.autograd.grad(targets, shared, grad_outputs=F, is_grads_batched=True, allow_unused=True)
