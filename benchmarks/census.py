@@ -144,10 +144,22 @@ def main() -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{args.name}.json").write_text(json.dumps({"runs": runs, "baseline_mean": baseline}, indent=2))
-        (out / f"{args.name}.md").write_text(
+        md = out / f"{args.name}.md"
+        md.write_text(
             f"# census-income benchmark ({args.name})\n\nCommand: `python benchmarks/census.py" +
             "".join(f" {a}" for a in sys.argv[1:]) + "`\n\n" + text + "\n"
-            + (ANCHORS if args.name == "census" else ""))
+            + (ANCHORS if args.name == "census" else "") + kept_notes(md))
+
+
+NOTES = "<!-- notes: written by hand, kept when this file is regenerated -->"
+
+
+def kept_notes(md: Path) -> str:
+    """The hand-written part of an earlier report (from the NOTES marker on), so a re-run keeps it."""
+    if not md.exists():
+        return ""
+    old = md.read_text()
+    return "\n" + old[old.index(NOTES):] if NOTES in old else ""
 
 
 if __name__ == "__main__":
