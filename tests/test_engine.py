@@ -330,7 +330,7 @@ def test_factored_gramian_and_sums_equal_those_of_the_formed_gradients(sizes):
     assert torch.allclose(total, F.sum(0)) and torch.allclose(absolute, F.abs().sum(0))
 
 
-def test_a_head_that_bypasses_its_entry_layer_is_an_error():
+def test_an_entry_called_twice_is_an_error_and_overridden_heads_lose_their_entries():
     class Twice(HardSharing):  # applies the entry layer twice
         def heads(self, rep, tasks):
             return {t: self.task_heads[t](rep) + self.task_heads[t](rep) for t in tasks}
