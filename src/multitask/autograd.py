@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.modules import module as _nn_module  # its global hook registries
 
 from multitask.balancing.base import Balancer, GradientBalancer, GramianBalancer, JacobianBalancer, LossBalancer
 from multitask.models.base import MultiTaskModel
@@ -70,7 +71,7 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     parts = _as_parts(rep)
     diff = [k for k, p in enumerate(parts) if isinstance(p, Tensor) and p.requires_grad]
     head_params, shared, entries = _layout(model, balancer)
-    entries = entries if diff and isinstance(rep, Tensor) else None
+    entries = entries if diff and isinstance(rep, Tensor) and not _hooked(entries) else None
     losses, taps = _task_losses(model, rep, parts, diff, tasks, loss_of, entries)
     active = [t for t in tasks if present[t]]
     if not active:  # no labels for any task in this batch: nothing to learn from, nothing to write
@@ -146,6 +147,15 @@ def _usable_entries(model: MultiTaskModel, tasks: list[str]) -> dict[str, torch.
            for e in layers) or len({id(e) for e in layers}) < len(layers):
         return None
     return entries
+
+
+def _hooked(entries: dict[str, torch.nn.Linear] | None) -> bool:
+    """True when a forward (pre-)hook could change what an entry layer computes: then u = z W^T + b, which
+    the factored path relies on, is not guaranteed, and the generic path is taken."""
+    if entries is None:
+        return False
+    return bool(_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks
+                or any(e._forward_hooks or e._forward_pre_hooks for e in entries.values()))
 
 
 def _task_losses(model: MultiTaskModel, rep: Any, parts: tuple, diff: list[int], tasks: list[str],
