@@ -427,3 +427,38 @@ def test_a_hook_on_an_entry_layer_sends_the_step_down_the_generic_path():
     a = _step_grads(factored, MGDA(tasks, mode="features"), data, loss_of)
     b = _step_grads(generic, MGDA(tasks, mode="features"), data, loss_of)
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in b)
+
+
+@pytest.mark.parametrize("head_hidden", [(), (6,)], ids=["factored", "stacked"])
+def test_under_autocast_the_engine_algebra_keeps_full_precision(head_hidden, monkeypatch):
+    # the caller's bfloat16 autocast applies to the model's forward pass, not to the engine's Gramians and
+    # combinations: those must match float64 products of the very gradients the engine obtained
+    tasks, data = synthetic(48)
+    by = {t.name: t for t in tasks}
+    loss_of = lambda t, out: by[t].loss(out.float(), data.targets[t])  # noqa: E731
+    seen = []
+
+    def spy(cls):
+        original = cls.gram
+
+        def gram(self):
+            K = original(self)
+            M = self.matrix().double()
+            seen.append((K, M @ M.T))
+            return K
+        monkeypatch.setattr(cls, "gram", gram)
+
+    spy(autograd.StackedGradients)
+    spy(autograd.FactoredGradients)
+    original_gram = autograd._gram
+    monkeypatch.setattr(autograd, "_gram", lambda M: seen.append((original_gram(M), M.double() @ M.double().T))
+                        or seen[-1][0])
+    for model in _pair(tasks, head_hidden):
+        for mode in ("features", "parameters"):
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                autograd.backward(model, MGDA(tasks, mode=mode), data.inputs, loss_of)
+            K, ref = seen.pop()
+            assert torch.allclose(K, ref, rtol=1e-5, atol=1e-9 * float(ref.abs().max())), (mode, K, ref)
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)

@@ -73,67 +73,70 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     head_params, shared, entries = _layout(model, balancer)
     entries = entries if diff and isinstance(rep, Tensor) and not _hooked(entries) else None
     losses, taps = _task_losses(model, rep, parts, diff, tasks, loss_of, entries)
-    active = [t for t in tasks if present[t]]
-    if not active:  # no labels for any task in this batch: nothing to learn from, nothing to write
-        return losses
-    index = np.array([tasks.index(t) for t in active])
-    loss_values = torch.stack([losses[t].detach() for t in active])
-    scales = balancer.head_weights(loss_values, index)
-    wrt = [x for t in active for x in taps[t]] + head_params
-    roots = [losses[t] for t in active]  # each loss is a root of the backward pass: no summed graph to build
-    seeds = ([torch.ones_like(r) for r in roots] if scales is None
-             else [s.detach().to(r.dtype) for s, r in zip(scales, roots)])
-    grads = torch.autograd.grad(roots, wrt, seeds, allow_unused=True)
-    n_tap = len(wrt) - len(head_params)
-    for p, g in zip(head_params, grads[n_tap:]):
-        if g is not None:
-            _accumulate(p, g, fresh=True)
-    losses = {t: l.detach() for t, l in losses.items()}  # free the graphs of tasks left out of this step
-    if not diff or not shared:  # nothing shared (e.g. Independent): each network already has its gradient
-        balancer._record([1.0] * len(active), index)
-        return losses
-    taps_of = [taps[t] for t in active]
-    if entries is None:
-        feats: FeatureGradients = StackedGradients(
-            [torch.stack([_or_zeros(grads[i * len(diff) + j], parts[k]) for i in range(len(active))],
-                         out=_workspace(balancer, f"F{k}", (len(active),) + tuple(parts[k].shape), parts[k]))
-             for j, k in enumerate(diff)])
-    else:
-        feats = FactoredGradients([_or_zeros(g, u[0]) for g, u in zip(grads[:n_tap], taps_of)],
-                                  [entries[t].weight.detach() for t in active], parts[0], balancer)
-    if scales is not None:  # undo the head factors: the method must see the plain task gradients
-        feats.rescale(torch.where(scales != 0, 1.0 / scales, torch.zeros_like(scales)))
-    targets = [parts[k] for k in diff]
-    recompute = balancer.recompute_now(index)
-    balancer.steps.add_(1)
-
-    if isinstance(balancer, GramianBalancer) and not recompute:
-        w = balancer.cached_weights[torch.as_tensor(index, device=balancer.cached_weights.device)]
-        balancer._record(w.tolist(), index)
-        torch.autograd.backward(targets, feats.combine(w))
-        return losses
-
-    if balancer.mode == "features":
-        if isinstance(balancer, GramianBalancer):
-            w = _solve(balancer, feats.gram(), loss_values, index)
-            torch.autograd.backward(targets, feats.combine(w))
-        elif balancer.column_sums_suffice:
-            d = _checked(balancer, balancer.aggregate_sums(*feats.column_sums(), index), feats.like_numel())
-            torch.autograd.backward(targets, _split(d, targets))
+    # the forward pass above ran under the caller's autocast, if any; the engine's own algebra (Gramian,
+    # combinations, the update written to .grad) runs in the gradients' precision
+    with torch.autocast(parts[0].device.type if isinstance(parts[0], Tensor) else "cpu", enabled=False):
+        active = [t for t in tasks if present[t]]
+        if not active:  # no labels for any task in this batch: nothing to learn from, nothing to write
+            return losses
+        index = np.array([tasks.index(t) for t in active])
+        loss_values = torch.stack([losses[t].detach() for t in active])
+        scales = balancer.head_weights(loss_values, index)
+        wrt = [x for t in active for x in taps[t]] + head_params
+        roots = [losses[t] for t in active]  # each loss is a root of the backward pass: no summed graph to build
+        seeds = ([torch.ones_like(r) for r in roots] if scales is None
+                 else [s.detach().to(r.dtype) for s, r in zip(scales, roots)])
+        grads = torch.autograd.grad(roots, wrt, seeds, allow_unused=True)
+        n_tap = len(wrt) - len(head_params)
+        for p, g in zip(head_params, grads[n_tap:]):
+            if g is not None:
+                _accumulate(p, g, fresh=True)
+        losses = {t: l.detach() for t, l in losses.items()}  # free the graphs of tasks left out of this step
+        if not diff or not shared:  # nothing shared (e.g. Independent): each network already has its gradient
+            balancer._record([1.0] * len(active), index)
+            return losses
+        taps_of = [taps[t] for t in active]
+        if entries is None:
+            feats: FeatureGradients = StackedGradients(
+                [torch.stack([_or_zeros(grads[i * len(diff) + j], parts[k]) for i in range(len(active))],
+                             out=_workspace(balancer, f"F{k}", (len(active),) + tuple(parts[k].shape), parts[k]))
+                 for j, k in enumerate(diff)])
         else:
-            d = _aggregate(balancer, feats.matrix(), loss_values, index)
-            torch.autograd.backward(targets, _split(d, targets))
-        return losses
+            feats = FactoredGradients([_or_zeros(g, u[0]) for g, u in zip(grads[:n_tap], taps_of)],
+                                      [entries[t].weight.detach() for t in active], parts[0], balancer)
+        if scales is not None:  # undo the head factors: the method must see the plain task gradients
+            feats.rescale(torch.where(scales != 0, 1.0 / scales, torch.zeros_like(scales)))
+        targets = [parts[k] for k in diff]
+        recompute = balancer.recompute_now(index)
+        balancer.steps.add_(1)
 
-    J = _jacobian(targets, shared, feats, balancer)
-    if isinstance(balancer, GramianBalancer):
-        w = _solve(balancer, _gram(J), loss_values, index)
-        d = w.to(J.dtype) @ J
-    else:
-        d = _aggregate(balancer, J, loss_values, index)
-    for p, g in zip(shared, _split(d, shared)):
-        _accumulate(p, g)
-    return losses
+        if isinstance(balancer, GramianBalancer) and not recompute:
+            w = balancer.cached_weights[torch.as_tensor(index, device=balancer.cached_weights.device)]
+            balancer._record(w.tolist(), index)
+            torch.autograd.backward(targets, feats.combine(w))
+            return losses
+
+        if balancer.mode == "features":
+            if isinstance(balancer, GramianBalancer):
+                w = _solve(balancer, feats.gram(), loss_values, index)
+                torch.autograd.backward(targets, feats.combine(w))
+            elif balancer.column_sums_suffice:
+                d = _checked(balancer, balancer.aggregate_sums(*feats.column_sums(), index), feats.like_numel())
+                torch.autograd.backward(targets, _split(d, targets))
+            else:
+                d = _aggregate(balancer, feats.matrix(), loss_values, index)
+                torch.autograd.backward(targets, _split(d, targets))
+            return losses
+
+        J = _jacobian(targets, shared, feats, balancer)
+        if isinstance(balancer, GramianBalancer):
+            w = _solve(balancer, _gram(J), loss_values, index)
+            d = w.to(J.dtype) @ J
+        else:
+            d = _aggregate(balancer, J, loss_values, index)
+        for p, g in zip(shared, _split(d, shared)):
+            _accumulate(p, g)
+        return losses
 
 
 def _usable_entries(model: MultiTaskModel, tasks: list[str]) -> dict[str, torch.nn.Linear] | None:
@@ -266,6 +269,9 @@ class FactoredGradients(FeatureGradients):
         self.sizes = [w.shape[0] for w in W]
         self.D = torch.cat([d.reshape(-1, d.shape[-1]) for d in D], dim=1)  # [rows, sum d]: D_i side by side
         self.W = torch.cat(W, dim=0)  # [sum d, width]: W_i stacked
+        if self.D.dtype != self.W.dtype:  # e.g. bfloat16 gradients from an autocast forward, float32 weights
+            dtype = torch.promote_types(self.D.dtype, self.W.dtype)
+            self.D, self.W = self.D.to(dtype), self.W.to(dtype)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
 
     def __len__(self) -> int:
@@ -280,7 +286,7 @@ class FactoredGradients(FeatureGradients):
     def _F(self, i: int, out: Tensor | None = None) -> Tensor:
         a, b = self.offsets[i], self.offsets[i + 1]
         rows = self.D[:, a:b] @ self.W[a:b] if out is None else torch.matmul(self.D[:, a:b], self.W[a:b], out=out)
-        return rows.view(self.like.shape)
+        return rows.view(self.like.shape).to(self.like.dtype)
 
     def factored_gram_is_cheaper(self) -> bool:
         """Multiply-adds of the factored Gramian, (sum d)^2 (rows + width), against those of F F^T alone."""
@@ -300,7 +306,7 @@ class FactoredGradients(FeatureGradients):
         return E.T @ H @ E
 
     def combine(self, w: Tensor) -> list[Tensor]:
-        return [((self.D * self._per_column(w)) @ self.W).view(self.like.shape)]
+        return [((self.D * self._per_column(w)) @ self.W).view(self.like.shape).to(self.like.dtype)]
 
     def row(self, i: int) -> list[Tensor]:
         return [self._F(i)]
@@ -309,7 +315,7 @@ class FactoredGradients(FeatureGradients):
         return self.stacked()[0].flatten(1)
 
     def stacked(self) -> list[Tensor]:
-        F = _workspace(self.balancer, "F0", (len(self.sizes),) + tuple(self.like.shape), self.like)
+        F = _workspace(self.balancer, "F0", (len(self.sizes),) + tuple(self.like.shape), self.D)
         rows = F.view(len(self.sizes), self.D.shape[0], -1)
         if self.D.shape[1] == len(self.sizes):  # one output per head: T' outer products in one broadcast
             torch.mul(self.D.T[:, :, None], self.W[:, None, :], out=rows)
@@ -374,7 +380,8 @@ def _jacobian(targets: list[Tensor], shared: list[torch.nn.Parameter], feats: Fe
     if batched if batched is not None else targets[0].device.type != "cpu":
         F = feats.stacked()
         n = F[0].shape[0]
-        jac = torch.autograd.grad(targets, shared, grad_outputs=F, is_grads_batched=True, allow_unused=True)
+        jac = torch.autograd.grad(targets, shared, grad_outputs=[f.to(t.dtype) for f, t in zip(F, targets)],
+                                  is_grads_batched=True, allow_unused=True)
         return torch.cat([(g if g is not None else torch.zeros((n,) + p.shape, device=p.device, dtype=p.dtype))
                           .reshape(n, -1) for g, p in zip(jac, shared)], dim=1)
     n = len(feats)
@@ -408,6 +415,8 @@ def _or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
 def _gram(M: Tensor) -> Tensor:
     """M M^T in float64. The product is formed in M's precision (fast) and redone in float64 only when the
     result is too ill-conditioned for float32 round-off to be negligible (e.g. linearly dependent tasks)."""
+    if M.dtype in (torch.float16, torch.bfloat16):  # half-precision gradients: products in float32 at least
+        M = M.float()
     K = (M @ M.T).double()
     if M.dtype != torch.float64 and K.shape[0] > 1:
         eig = torch.linalg.eigvalsh(K)
