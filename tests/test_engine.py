@@ -462,3 +462,52 @@ def test_under_autocast_the_engine_algebra_keeps_full_precision(head_hidden, mon
             assert torch.allclose(K, ref, rtol=1e-5, atol=1e-9 * float(ref.abs().max())), (mode, K, ref)
             grads = [p.grad for p in model.parameters() if p.grad is not None]
             assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def _inplace_relu(m):
+    for name in m.task_names:
+        m.task_heads[name][1] = nn.ReLU(inplace=True)  # acts on the entry's output itself
+
+
+def _prehook_on_head(m):
+    m.task_heads["reg"].register_forward_pre_hook(lambda _m, args: (3.0 * args[0],))  # changes z
+
+
+def _backward_hook_on_entry(m):
+    m.task_heads["reg"][0].register_full_backward_hook(
+        lambda _m, grad_in, _out: tuple(None if g is None else 5.0 * g for g in grad_in))
+
+
+def _rebuilt_heads(m):
+    for name in m.task_names:  # a parameter-free layer in front of each entry: the heads no longer qualify
+        m.task_heads[name] = nn.Sequential(nn.Hardtanh(-0.2, 0.2), *m.task_heads[name])
+
+
+@pytest.mark.parametrize("change, hidden, after_first_step", [
+    (_inplace_relu, (6,), False), (_prehook_on_head, (), False), (_backward_hook_on_entry, (), False),
+    (_rebuilt_heads, (), True)], ids=["inplace-after-entry", "prehook-on-head", "backward-hook-on-entry",
+                                      "heads-rebuilt-between-steps"])
+@pytest.mark.parametrize("mode", ["parameters", "features"])
+def test_heads_changed_or_hooked_still_get_exact_gradients(change, hidden, after_first_step, mode):
+    tasks, data = synthetic(48)
+    loss_of = _loss_of(tasks, data.targets)
+    got = []
+    for model in _pair(tasks, hidden):
+        balancer = MGDA(tasks, mode=mode)
+        if after_first_step:
+            _step_grads(model, balancer, data, loss_of, steps=1)
+        change(model)
+        got.append(_step_grads(model, balancer, data, loss_of, steps=1))
+    assert got[0].keys() == got[1].keys()
+    assert all(torch.allclose(got[0][k], got[1][k], rtol=1e-5, atol=1e-7) for k in got[1])
+
+
+def test_a_present_task_whose_loss_is_a_constant_contributes_nothing():
+    tasks, data = synthetic(48)
+    by = {t.name: t for t in tasks}
+    loss_of = lambda t, out: torch.zeros(()) if t == "bin" else by[t].loss(out, data.targets[t])  # noqa: E731
+    for model in _pair(tasks, ()):
+        balancer = UPGrad(tasks, mode="features")
+        grads = _step_grads(model, balancer, data, loss_of, steps=1)
+        assert all(torch.isfinite(g).all() for g in grads.values())
+        assert all(p.grad is None or not p.grad.any() for p in model.task_parameters("bin"))

@@ -20,6 +20,7 @@ parameters receive the balanced direction.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -28,7 +29,7 @@ from torch import Tensor
 from torch.nn.modules import module as _nn_module  # its global hook registries
 
 from multitask.balancing.base import Balancer, GradientBalancer, GramianBalancer, JacobianBalancer, LossBalancer
-from multitask.models.base import MultiTaskModel
+from multitask.models.base import MultiTaskModel, has_hooks
 
 LossOf = Callable[[str, Tensor], Tensor]  # (task name, model output) -> scalar loss
 
@@ -70,12 +71,12 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     rep = model.shared(inputs)
     parts = _as_parts(rep)
     diff = [k for k, p in enumerate(parts) if isinstance(p, Tensor) and p.requires_grad]
-    head_params, shared, entries = _layout(model, balancer)
-    entries = entries if diff and isinstance(rep, Tensor) and not _hooked(entries) else None
+    head_params, shared = _parameter_lists(model, balancer)
+    entries = _usable_entries(model, tasks) if diff and isinstance(rep, Tensor) else None
     losses, taps = _task_losses(model, rep, parts, diff, tasks, loss_of, entries)
     # the forward pass above ran under the caller's autocast, if any; the engine's own algebra (Gramian,
     # combinations, the update written to .grad) runs in the gradients' precision
-    with torch.autocast(parts[0].device.type if isinstance(parts[0], Tensor) else "cpu", enabled=False):
+    with _without_autocast(parts):
         active = [t for t in tasks if present[t]]
         if not active:  # no labels for any task in this batch: nothing to learn from, nothing to write
             return losses
@@ -83,10 +84,13 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
         loss_values = torch.stack([losses[t].detach() for t in active])
         scales = balancer.head_weights(loss_values, index)
         wrt = [x for t in active for x in taps[t]] + head_params
-        roots = [losses[t] for t in active]  # each loss is a root of the backward pass: no summed graph to build
+        # each loss is a root of the backward pass (no summed graph to build); a loss without a graph (a
+        # custom loss returning a constant) has zero gradients and is left out
+        live = [i for i, t in enumerate(active) if losses[t].requires_grad]
+        roots = [losses[active[i]] for i in live]
         seeds = ([torch.ones_like(r) for r in roots] if scales is None
-                 else [s.detach().to(r.dtype) for s, r in zip(scales, roots)])
-        grads = torch.autograd.grad(roots, wrt, seeds, allow_unused=True)
+                 else [scales[i].detach().to(r.dtype) for i, r in zip(live, roots)])
+        grads = torch.autograd.grad(roots, wrt, seeds, allow_unused=True) if roots else (None,) * len(wrt)
         n_tap = len(wrt) - len(head_params)
         for p, g in zip(head_params, grads[n_tap:]):
             if g is not None:
@@ -140,25 +144,30 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
 
 
 def _usable_entries(model: MultiTaskModel, tasks: list[str]) -> dict[str, torch.nn.Linear] | None:
-    """The model's head entry layers when the factored path can use them: one distinct plain `nn.Linear`
-    per task with a trainable weight (so its output has a gradient)."""
+    """The model's head entry layers, asked afresh every step (a head may have been rebuilt), when the
+    factored path can use them: one distinct plain `nn.Linear` per task with a trainable weight (so its output
+    has a gradient) and no hooks, here or global, that could change what it computes or passes back."""
     entries = model.head_entries()
-    if entries is None:
+    if entries is None or _global_hooks():
         return None
     layers = [entries.get(t) for t in tasks]
     if any(e is None or type(e).forward is not torch.nn.Linear.forward or not e.weight.requires_grad
-           for e in layers) or len({id(e) for e in layers}) < len(layers):
+           or has_hooks(e) for e in layers) or len({id(e) for e in layers}) < len(layers):
         return None
     return entries
 
 
-def _hooked(entries: dict[str, torch.nn.Linear] | None) -> bool:
-    """True when a forward (pre-)hook could change what an entry layer computes: then u = z W^T + b, which
-    the factored path relies on, is not guaranteed, and the generic path is taken."""
-    if entries is None:
-        return False
+def _global_hooks() -> bool:
     return bool(_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks
-                or any(e._forward_hooks or e._forward_pre_hooks for e in entries.values()))
+                or _nn_module._global_backward_hooks or _nn_module._global_backward_pre_hooks)
+
+
+def _without_autocast(parts: tuple) -> contextlib.ExitStack:
+    """Autocast switched off on every device type the representation lives on (and the CPU)."""
+    stack = contextlib.ExitStack()
+    for kind in {"cpu"} | {p.device.type for p in parts if isinstance(p, Tensor)}:
+        stack.enter_context(torch.autocast(kind, enabled=False))
+    return stack
 
 
 def _task_losses(model: MultiTaskModel, rep: Any, parts: tuple, diff: list[int], tasks: list[str],
@@ -173,7 +182,10 @@ def _task_losses(model: MultiTaskModel, rep: Any, parts: tuple, diff: list[int],
         return losses, {t: [leaves[t][k] for k in diff] for t in tasks}
     z = rep.detach()
     outputs: dict[str, list[Tensor]] = {t: [] for t in tasks}
-    handles = [entries[t].register_forward_hook(lambda _m, _a, out, t=t: outputs[t].append(out)) for t in tasks]
+    # each hook keeps the entry's output u and hands the rest of the head a copy: a later in-place op (e.g.
+    # ReLU(inplace=True)) then cannot turn u into another op's output (d/du must stay d/du)
+    handles = [entries[t].register_forward_hook(lambda _m, _a, out, t=t: outputs[t].append(out) or out.clone())
+               for t in tasks]
     try:
         losses = {t: loss_of(t, model.heads(z, [t])[t]) for t in tasks}
     finally:
@@ -343,18 +355,17 @@ def _space(balancer: GradientBalancer) -> dict:
     return balancer.__dict__.setdefault("_workspace", {})
 
 
-def _layout(model: MultiTaskModel, balancer: GradientBalancer) -> tuple[list, list, dict | None]:
-    """(task-specific trainable parameters, shared ones, usable head entries), cached between steps; one pass
-    over the model's parameters checks that none was added, removed, replaced or frozen since (else all
-    three are rebuilt: replacing or freezing a head layer changes its parameters)."""
+def _parameter_lists(model: MultiTaskModel, balancer: GradientBalancer) -> tuple[list, list]:
+    """(task-specific, shared) trainable parameters, cached between steps; one pass over the model's
+    parameters checks that none was added, removed, replaced or frozen since (else the lists are rebuilt)."""
     key = tuple((id(p), p.requires_grad) for p in model.parameters())
     space = _space(balancer)
-    cached = space.get("layout")
+    cached = space.get("params")
     if cached is None or cached[0] != key:
         heads = _unique(p for t in balancer.task_names for p in model.task_parameters(t) if p.requires_grad)
         shared = [p for p in model.shared_parameters() if p.requires_grad]
-        cached = space["layout"] = (key, heads, shared, _usable_entries(model, balancer.task_names))
-    return cached[1], cached[2], cached[3]
+        cached = space["params"] = (key, heads, shared)
+    return cached[1], cached[2]
 
 
 def _workspace(balancer: GradientBalancer, key: str, shape: tuple[int, ...], like: Tensor) -> Tensor:

@@ -9,6 +9,13 @@ Inputs = Any  # a Tensor, or a dict of Tensors (e.g. {"num": float[N, d], "cat":
 Representation = Any  # a Tensor or a tuple of Tensors
 
 
+def has_hooks(module: nn.Module) -> bool:
+    """True when forward or backward hooks are registered on `module` itself (they may change what it
+    computes or the gradients it passes back, so structural shortcuts must not be taken through it)."""
+    return bool(module._forward_pre_hooks or module._forward_hooks or module._backward_pre_hooks
+                or module._backward_hooks)
+
+
 class MultiTaskModel(nn.Module):
     """Base class: ``forward(inputs, tasks=None) -> {task: output}``.
 

@@ -5,7 +5,7 @@ from typing import Iterator, Sequence
 
 from torch import Tensor, nn
 
-from multitask.models.base import Inputs, MultiTaskModel
+from multitask.models.base import Inputs, MultiTaskModel, has_hooks
 from multitask.models.layers import InputSchema, TabularMLP, mlp
 from multitask.tasks import Task
 
@@ -36,7 +36,7 @@ class HardSharing(MultiTaskModel):
         return {t: self.task_heads[t](representation) for t in tasks}
 
     def head_entries(self) -> dict[str, nn.Linear] | None:
-        """Each head's first layer, when every head is still an `nn.Sequential` that starts with an
+        """Each head's first layer, when every head is still an unhooked `nn.Sequential` that starts with an
         `nn.Linear` (as built here) and `heads` is not overridden."""
         if type(self).heads is not HardSharing.heads:
             return None
@@ -44,7 +44,7 @@ class HardSharing(MultiTaskModel):
         for t in self.task_names:
             head = self.task_heads[t]
             if (not isinstance(head, nn.Sequential) or type(head).forward is not nn.Sequential.forward
-                    or len(head) == 0 or not isinstance(head[0], nn.Linear)):
+                    or len(head) == 0 or not isinstance(head[0], nn.Linear) or has_hooks(head)):
                 return None
             entries[t] = head[0]
         return entries
