@@ -124,12 +124,13 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
             if isinstance(balancer, GramianBalancer):
                 w = _solve(balancer, feats.gram(), loss_values, index)
                 torch.autograd.backward(targets, feats.combine(w))
-            elif balancer.column_sums_suffice:
-                d = _checked(balancer, balancer.aggregate_sums(*feats.column_sums(), index), feats.like_numel())
-                torch.autograd.backward(targets, _split(d, targets))
+                return losses
+            if balancer.column_sums_suffice:
+                n = sum(t.numel() for t in targets)
+                d = _checked(balancer, balancer.aggregate_sums(*feats.column_sums(), index), n)
             else:
                 d = _aggregate(balancer, feats.matrix(), loss_values, index)
-                torch.autograd.backward(targets, _split(d, targets))
+            torch.autograd.backward(targets, _split(d, targets))
             return losses
 
         J = _jacobian(targets, shared, feats, balancer)
@@ -234,10 +235,6 @@ class FeatureGradients:
         M = self.matrix()
         return M.sum(0), M.abs().sum(0)
 
-    def like_numel(self) -> int:
-        """N, the length of a flattened row."""
-        return self.matrix().shape[1]
-
 
 class StackedGradients(FeatureGradients):
     """F held as it is: one [T', *part.shape] tensor per part."""
@@ -262,9 +259,6 @@ class StackedGradients(FeatureGradients):
 
     def stacked(self) -> list[Tensor]:
         return self.F
-
-    def like_numel(self) -> int:
-        return sum(f[0].numel() for f in self.F)
 
     def rescale(self, factors: Tensor) -> None:
         self.F = [f * factors.to(f.dtype).view(-1, *([1] * (f.dim() - 1))) for f in self.F]
@@ -345,9 +339,6 @@ class FactoredGradients(FeatureGradients):
         # one output per head: F_i = D_i w_i is an outer product, so |F_i| = |D_i| |w_i| and both sums
         # are small products
         return (self.D @ self.W).flatten(), (self.D.abs() @ self.W.abs()).flatten()
-
-    def like_numel(self) -> int:
-        return self.like.numel()
 
 
 def _space(balancer: GradientBalancer) -> dict:
