@@ -350,6 +350,19 @@ def _panel_grid(plt, n: int, height: float):
     return fig, axes
 
 
+def _title(ax, res: dict, ev: dict) -> None:
+    """Panel title: the method and how many of the 5 starts ended on the Pareto set."""
+    n_ok = sum(r["reached"] for r in ev["rows"])
+    ax.set_title(f"{res['label']}  [{n_ok}/5]", fontsize=10)
+
+
+def _save(plt, fig, title: str, path: str) -> None:
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def _finite_trajectory(run: dict) -> tuple[np.ndarray, np.ndarray]:
     """A run's trajectory without non-finite points, and at most ~2000 of them for drawing."""
     tr = run["traj"]
@@ -379,17 +392,13 @@ def plot_trajectories(results, evals, pareto: Pareto, path: str) -> None:
             ax.plot(sub[:, 0], sub[:, 1], color=START_COLORS[k], lw=1.6, zorder=3)
             ax.plot(*tr[0], "o", color="k", ms=6, zorder=4)
             ax.plot(*tr[-1], "*" if row["reached"] else "X", color=START_COLORS[k], mec="k", ms=13, zorder=5)
-        n_ok = sum(r["reached"] for r in ev["rows"])
-        ax.set_title(f"{res['label']}  [{n_ok}/5]", fontsize=10)
+        _title(ax, res, ev)
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
         ax.set_aspect("equal")
         ax.tick_params(labelsize=8)
-    fig.suptitle("Trajectories in x over contours of L1+L2 (dark = low); gold: Pareto set; "
-                 "black dot: start; ★ end on the Pareto set, ✖ end elsewhere", fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, "Trajectories in x over contours of L1+L2 (dark = low); gold: Pareto set; "
+          "black dot: start; ★ end on the Pareto set, ✖ end elsewhere", path)
 
 
 def plot_loss_space(results, evals, pareto: Pareto, path: str) -> None:
@@ -407,19 +416,15 @@ def plot_loss_space(results, evals, pareto: Pareto, path: str) -> None:
             ax.plot(a[0], b[0], "o", color="k", ms=5, zorder=4)
             ea, eb = toy_losses(tr[-1, 0], tr[-1, 1], np)
             ax.plot(ea, eb, "*" if row["reached"] else "X", color=START_COLORS[k], mec="k", ms=12, zorder=5)
-        n_ok = sum(r["reached"] for r in ev["rows"])
-        ax.set_title(f"{res['label']}  [{n_ok}/5]", fontsize=10)
+        _title(ax, res, ev)
         ax.set_xlim(-2.3, 1.6)
         ax.set_ylim(-22, 14)
         ax.set_xlabel("L1", fontsize=9)
         ax.set_ylabel("L2", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle("Trajectories in loss space; gold: Pareto front; black dot: start; "
-                 "★ end on the Pareto set, ✖ end elsewhere", fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(plt, fig, "Trajectories in loss space; gold: Pareto front; black dot: start; "
+          "★ end on the Pareto set, ✖ end elsewhere", path)
 
 
 # ------------------------------------------------------------------------------------------------ main
