@@ -21,3 +21,11 @@ def test_quickstart_runs_and_learns():
 def test_example_configs_are_valid():
     for path in (ROOT / "examples").glob("*.yaml"):
         config.validate(yaml.safe_load(path.read_text()))
+
+
+def test_custom_model_example_runs_and_learns():
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "custom_model.py")], capture_output=True,
+                         text=True, check=True, timeout=300).stdout.splitlines()
+    assert float(out[0].rsplit(":", 1)[1]) < 1e-6  # factored and generic paths agree
+    losses = ast.literal_eval(out[1])
+    assert all(float(a) > 5 * float(b) for a, b in (v.split(" -> ") for v in losses.values()))
