@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
@@ -30,24 +30,87 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from multitask import experiment, report
+    from multitask.jsonio import nulls_to_nan, to_json, write_text_atomic
 
-    cfg, tasks, pre, trainer = experiment.load_run(args.run_dir, args.checkpoint)
+    run_dir = Path(args.run_dir)
+    if args.json:
+        _check_output(args.json, "--json")
+    if run_dir.is_dir() and not (run_dir / "config.yaml").exists() and (run_dir / "trainer.json").exists():
+        return _show_recorded(run_dir, args)
+    cfg, tasks, pre, trainer, used = experiment.load_run(run_dir, args.checkpoint)
     bundle = experiment.load_data(cfg)
     result = trainer.evaluate(getattr(bundle, args.split))
-    final_path = Path(args.run_dir) / "final.json"
-    final = json.loads(final_path.read_text()) if final_path.exists() else {}
-    shown = {**final, "test": result["metrics"]}
-    if final.get("baseline"):
+    final = experiment.read_final(run_dir / "final.json") if (run_dir / "final.json").exists() else {}
+    shown = {**final, args.split: result["metrics"], "test": result["metrics"], "delta_m": None}
+    baseline = nulls_to_nan((final.get("baseline") or {}).get(args.split) or {})
+    note = ""
+    if final.get("baseline") and baseline:
         from multitask.metrics import delta_m
 
-        shown["delta_m"] = delta_m(result["metrics"], final["baseline"]["test"])
-    print(f"{args.split} split, {args.checkpoint} checkpoint")
+        shown["baseline"] = {"test": baseline}
+        shown["delta_m"] = delta_m(result["metrics"], baseline)
+    else:
+        shown["baseline"] = None
+        if final.get("baseline"):
+            note = f"(no Δm: the baselines' {args.split} metrics were not recorded; they have {', '.join(k for k in final['baseline'] if k != 'source')})"
+    fallback = "" if used.stem == args.checkpoint else f" (the run has no {args.checkpoint}.pt)"
+    print(f"{args.split} split, {used.stem} checkpoint{fallback}")
     print(report.metrics_table(shown))
     if shown.get("delta_m") is not None:
-        print(f"\nΔm against single-task baselines: {shown['delta_m']:+.3f}%")
+        print(f"\nΔm against single-task baselines ({args.split} split): {shown['delta_m']:+.3f}%")
+    elif note:
+        print(f"\n{note}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"split": args.split, **result}, indent=2))
+        write_text_atomic(args.json, to_json({"split": args.split, "checkpoint": used.stem, **result}, indent=2))
     return 0
+
+
+def _show_recorded(run_dir: Path, args: argparse.Namespace) -> int:
+    """A run directory written by the Python API: its recorded validation metrics (no data to recompute on)."""
+    from multitask import report
+    from multitask.training import read_metrics
+
+    history = read_metrics(run_dir)
+    if not history:
+        raise ConfigError(f"{run_dir} holds no finished epoch (metrics.jsonl is empty)")
+    best = [r for r in history if r.get("best")]
+    record = best[-1] if best and args.checkpoint == "best" else history[-1]
+    if "val" not in record:
+        raise ConfigError(f"{run_dir} was trained without validation data: it recorded no metrics to show")
+    print(f"{run_dir} was written by the Python API: validation metrics recorded at epoch {record['epoch']} "
+          f"({'best' if record.get('best') else 'last'} epoch). To recompute them, rebuild the model as it was, "
+          f"then trainer.restore({str(run_dir)!r}) and trainer.evaluate(data).")
+    print(report.metrics_table({"model": "recorded", "test": record["val"]}))
+    return 0
+
+
+def _check_output(path: str, option: str) -> None:
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{option}: {p} is a directory; give a file name")
+    if not p.parent.is_dir():
+        raise ConfigError(f"{option}: the folder {p.parent} does not exist")
+
+
+def _read_input_csv(path: str):
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"--input: {p} does not exist")
+    if not p.is_file():
+        raise ConfigError(f"--input: {p} is a directory, not a CSV file")
+    try:
+        df = pd.read_csv(p, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"--input: {p} is empty (expected a CSV with a header row)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--input: {p} is not UTF-8 text: is it a CSV file?") from None
+    except (pd.errors.ParserError, ValueError) as e:
+        raise ConfigError(f"--input: {p} cannot be read as CSV ({' '.join(str(e).split())[:200]})") from None
+    if len(df) == 0:
+        raise ConfigError(f"--input: {p} has a header but no rows")
+    return df
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -55,18 +118,17 @@ def _predict(args: argparse.Namespace) -> int:
 
     from multitask import experiment
 
-    cfg, tasks, pre, trainer = experiment.load_run(args.run_dir, args.checkpoint)
+    _check_output(args.output, "--output")
+    df = _read_input_csv(args.input)
+    cfg, tasks, pre, trainer, used = experiment.load_run(args.run_dir, args.checkpoint)
     wanted = args.tasks.split(",") if args.tasks else None
     names = [t.name for t in tasks]
     for t in wanted or ():
         if t not in names:
             raise ConfigError(f"--tasks: unknown task {t!r}; this run has {', '.join(names)}")
-    if not Path(args.input).exists():
-        raise ConfigError(f"--input: {args.input} does not exist")
-    df = pd.read_csv(args.input, skipinitialspace=True)
     try:
         inputs = pre.transform(df)
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, TypeError) as e:
         raise ConfigError(f"--input {args.input}: {e.args[0] if e.args else e}") from None
     preds = trainer.predict(inputs, wanted)
     by_name = {t.name: t for t in tasks}
@@ -85,7 +147,7 @@ def _predict(args: argparse.Namespace) -> int:
                 out[f"{t}_{k}"] = p[:, k]
     out.to_csv(args.output, index=False)
     print(f"wrote {len(out)} rows x {len(out.columns)} columns ({', '.join(out.columns[:6])}"
-          f"{', ...' if len(out.columns) > 6 else ''}) to {args.output}")
+          f"{', ...' if len(out.columns) > 6 else ''}) to {args.output} ({used.stem} checkpoint)")
     return 0
 
 
@@ -101,19 +163,22 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(text: str | None) -> str:
+    """The first paragraph of a docstring as one line."""
+    paragraph = (text or "").strip().split("\n\n")[0]
+    return " ".join(paragraph.split())
+
+
 def _methods(args: argparse.Namespace) -> int:
     from multitask.balancing import BALANCERS
     from multitask.models import MODELS
 
-    def first_line(obj: object) -> str:
-        return (obj.__doc__ or "").strip().splitlines()[0]
-
     print("balancers (name, what it needs, description; `multitask.balancing` has each paper and formula):")
     for name, cls in BALANCERS.items():
-        print(f"  {name:<12} {cls.requires:<9} {first_line(cls)}")
+        print(f"  {name:<12} {cls.requires:<9} {one_line(cls.__doc__)}")
     print("models:")
-    for name, cls in MODELS.items():
-        print(f"  {name:<12} {first_line(cls)}")
+    for name, cls in MODELS.items():  # a model's module docstring says what the architecture is
+        print(f"  {name:<12} {one_line(sys.modules[cls.__module__].__doc__)}")
     return 0
 
 
@@ -155,18 +220,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad input (config, file, checkpoint, data), 1 training failed (non-finite values)
+    or an internal error, 130 interrupted. Every error is one line on stderr, never a traceback (set
+    MULTITASK_TRACEBACK=1 to see one)."""
+    from multitask.errors import CheckpointError, NonFiniteError
+
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except ConfigError as e:
-        print(f"multitask: error: {e}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError, CheckpointError) as e:
+        _error(e)
         return 2
-    except FileNotFoundError as e:
-        print(f"multitask: error: {e}", file=sys.stderr)
-        return 2
+    except NonFiniteError as e:
+        _error(e, "training stopped")
+        return 1
     except KeyboardInterrupt:
         print("\nmultitask: interrupted; the last completed epoch is saved (continue with --resume)", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug or an environment failure (disk full, ...): still one line
+        if os.environ.get("MULTITASK_TRACEBACK"):
+            raise
+        _error(e, f"internal error ({type(e).__name__}); set MULTITASK_TRACEBACK=1 for the traceback")
+        return 1
+
+
+def _error(e: BaseException, kind: str = "error") -> None:
+    message = " ".join(str(e).split()) or type(e).__name__
+    print(f"multitask: {kind}: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,16 @@ architecture or method needs no change here: its keyword arguments are its optio
 from __future__ import annotations
 
 import inspect
+import types
+import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Optional, get_type_hints
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from multitask.balancing import BALANCERS
-from multitask.data import DATASET_TASKS
+from multitask.data import DATASET_ROWS, DATASET_TASKS, dataset_tasks
 from multitask.models import MODELS
 
 
@@ -21,20 +23,33 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the field and what is allowed."""
 
 
+def _not_bool(v: Any) -> Any:
+    """YAML reads `true`/`yes` as booleans, which pydantic would take as the numbers 1 and 0."""
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, got the boolean {v!r}")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Num = Annotated[float, BeforeValidator(_not_bool)]
+# numbers in every section are finite: `lr: .inf` or `1e400` (which YAML reads as inf) is an error
+_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = _CONFIG
 
 
 class DataConfig(_Strict):
     name: Literal["census-income", "yeast"]
     path: Optional[str] = None
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    limit: Optional[int] = Field(None, ge=20, description="read only the first rows (quick runs, tests)")
-    seed: int = 0
+    val_fraction: Num = Field(0.1, gt=0, lt=1)
+    limit: Optional[Int] = Field(None, ge=20, description="read only the first rows (quick runs, tests)")
+    seed: Int = 0
 
 
 class TaskConfig(_Strict):
-    importance: float = Field(1.0, ge=0)
+    importance: Num = Field(1.0, ge=0)
     metrics: Optional[list[str]] = None
 
 
@@ -50,23 +65,25 @@ class NamedConfig(BaseModel):
 
 
 class TrainerSection(_Strict):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(256, ge=1)
-    eval_batch_size: int = Field(8192, ge=1)
+    epochs: Int = Field(10, ge=1)
+    batch_size: Int = Field(256, ge=1)
+    eval_batch_size: Int = Field(8192, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0)
+    lr: Num = Field(1e-3, gt=0)
+    weight_decay: Num = Field(0.0, ge=0)
+    momentum: Num = Field(0.9, ge=0)
     scheduler: Literal["none", "step", "cosine"] = "none"
-    step_size: int = Field(10, ge=1)
-    gamma: float = Field(0.1, gt=0)
-    grad_clip: Optional[float] = Field(None, gt=0)
-    patience: Optional[int] = Field(None, ge=1)
+    step_size: Int = Field(10, ge=1)
+    gamma: Num = Field(0.1, gt=0)
+    grad_clip: Optional[Num] = Field(None, gt=0)
+    patience: Optional[Int] = Field(None, ge=1)
     monitor: str = "loss"
     restore_best: bool = True
-    seed: int = 0
+    seed: Int = 0
     device: str = "cpu"
     progress: bool = True
+    nonfinite: Literal["raise", "skip"] = "raise"
+    max_skips: Int = Field(10, ge=1, description="with nonfinite: skip, stop after this many skipped steps in a row")
 
 
 class RunConfig(_Strict):
@@ -85,6 +102,24 @@ class RunConfig(_Strict):
         return v
 
 
+def _no_bools(hint: Any) -> Any:
+    """`hint` with every int and float (also inside Optional[...], Sequence[...]) refusing booleans."""
+    if hint is int:
+        return Int
+    if hint is float:
+        return Num
+    origin, args = get_origin(hint), get_args(hint)
+    if not args or origin is Literal or origin is Annotated:
+        return hint
+    mapped = tuple(_no_bools(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return Union[mapped]
+    try:
+        return origin[mapped if len(mapped) > 1 else mapped[0]]
+    except TypeError:
+        return hint
+
+
 def _options_model(fn: Callable[..., Any], skip: tuple[str, ...], title: str) -> type[BaseModel]:
     sig = inspect.signature(fn)
     hints = get_type_hints(fn)
@@ -93,8 +128,8 @@ def _options_model(fn: Callable[..., Any], skip: tuple[str, ...], title: str) ->
         if pname in skip or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         default = ... if p.default is inspect.Parameter.empty else p.default
-        fields[pname] = (hints.get(pname, Any), default)
-    return create_model(title, __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True), **fields)
+        fields[pname] = (_no_bools(hints.get(pname, Any)), default)
+    return create_model(title, __config__=ConfigDict(**_CONFIG, arbitrary_types_allowed=True), **fields)
 
 
 def model_options_model(name: str) -> type[BaseModel]:
@@ -127,13 +162,18 @@ def _format(e: ValidationError, prefix: str = "", allowed: str = "") -> str:
         elif err["type"] == "missing":
             msg = "required field is missing"
         else:
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{loc}: {msg}")
     return "; ".join(lines)
 
 
 def validate(raw: Mapping[str, Any]) -> RunConfig:
-    """A `RunConfig` from plain data, or a `ConfigError` naming every field at fault."""
+    """A `RunConfig` from plain data, or a `ConfigError` naming the field at fault.
+
+    Everything that can be checked without reading the data is checked here, before any work starts: the
+    schema, then the tasks, the model and the balancer are built (the model on the meta device, so no memory
+    is allocated) with the very constructors the run will use, and the trainer's options, device and monitor.
+    """
     if not isinstance(raw, Mapping):
         raise ConfigError(f"the config must be a mapping of sections, got {type(raw).__name__}")
     try:
@@ -151,13 +191,130 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
             raise ConfigError(f"tasks.{t}: unknown task for dataset {cfg.data.name!r}; it has: {', '.join(known)}")
     if cfg.tasks is not None and not cfg.tasks:
         raise ConfigError("tasks: name at least one task (or leave the section out to train all)")
-    monitor = cfg.trainer.monitor
-    if monitor != "loss":
-        task, _, metric = monitor.partition(".")
-        names = list(cfg.tasks) if cfg.tasks else known
-        if task not in names or not metric:
-            raise ConfigError(f"trainer.monitor: {monitor!r} must be 'loss' or '<task>.<metric>' with a task of {names}")
+    _check_data(cfg)
+    tasks = planned_tasks(cfg)
+    _check_monitor(cfg, tasks)
+    check_device(cfg.trainer.device)
+    _try_build(cfg, tasks)
     return cfg
+
+
+def planned_tasks(cfg: RunConfig) -> list:
+    """The tasks this config trains (the dataset's, narrowed and configured by `tasks:`), without reading data."""
+    from multitask.tasks import Task
+
+    tasks = dataset_tasks(cfg.data.name)
+    if cfg.tasks is None:
+        return tasks
+    out = []
+    for t in tasks:
+        tc = cfg.tasks.get(t.name)
+        if tc is None:
+            continue
+        try:
+            out.append(Task(t.name, t.kind, t.n_outputs, tc.importance, tc.metrics or t.metrics))
+        except ValueError as e:
+            raise ConfigError(f"tasks.{t.name}: {e}") from None
+    return out
+
+
+def _check_data(cfg: RunConfig) -> None:
+    d = cfg.data
+    if d.path is not None:
+        if not Path(d.path).expanduser().exists():
+            raise ConfigError(f"data.path: {d.path} does not exist")
+        if cfg.data.name == "census-income" and not Path(d.path).expanduser().is_dir():
+            raise ConfigError(f"data.path: {d.path} is a file; census-income reads a folder holding its two CSVs")
+    rows, test_fraction = DATASET_ROWS[d.name]
+    n = min(rows, d.limit) if d.limit is not None else rows
+    val = int(round(d.val_fraction * n))
+    test = int(round(test_fraction * n))
+    train = n - val - test
+    if val < 1 or train < 1:
+        held = f" and {test_fraction:g} for test" if test_fraction else ""
+        raise ConfigError(
+            f"data.val_fraction: {d.val_fraction:g} of {n} rows{held} leaves {max(train, 0)} training and {val} "
+            f"validation rows; both need at least one")
+
+
+def _check_monitor(cfg: RunConfig, tasks: list) -> None:
+    monitor = cfg.trainer.monitor
+    if monitor == "loss":
+        return
+    options = {f"{t.name}.{m}" for t in tasks for m in t.metrics}
+    if monitor not in options:
+        groups: dict[tuple, list[str]] = {}
+        for t in tasks:
+            groups.setdefault(tuple(t.metrics), []).append(t.name)
+        allowed = "; ".join(f"{'/'.join(names)} with {', '.join(ms)}" for ms, names in groups.items())
+        raise ConfigError(f"trainer.monitor: {monitor!r} is not available; use 'loss' or '<task>.<metric>': {allowed}")
+
+
+def check_device(device: str) -> None:
+    """`device` names a device PyTorch knows and this machine has; else a ConfigError saying what there is."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"trainer.device: {device!r} is not a device name; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device: {device!r} but CUDA is not available here (this torch is "
+                              f"{torch.__version__}); use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"trainer.device: {device!r} but this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s)")
+        return
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"trainer.device: {device!r} but MPS is not available here; use cpu")
+        return
+    raise ConfigError(f"trainer.device: {device!r} is not supported; use cpu, cuda, cuda:N or mps")
+
+
+def _try_build(cfg: RunConfig, tasks: list) -> None:
+    """Build the model (on the meta device: shapes only) and the balancer the run will build, so that a value
+    only a constructor rejects (a negative layer width, n_experts: 0, c: -5) fails now, not after loading data
+    or training a baseline."""
+    import torch
+
+    from multitask.models import InputSchema
+    from multitask.training.trainer import TrainerConfig
+
+    schema = InputSchema(num_features=3, cat_cardinalities=(5,))
+    names = [cfg.model.name] + (["independent"] if cfg.baselines == "auto" else [])
+    for name in dict.fromkeys(names):
+        options = cfg.model.options if name == cfg.model.name else shared_model_options(cfg, name)
+        try:
+            with torch.device("meta"):
+                MODELS[name].tabular(tasks, schema, **options)
+        except (ValueError, TypeError, RuntimeError, KeyError) as e:
+            where = "model" if name == cfg.model.name else f"model (the {name} baseline)"
+            raise ConfigError(f"{where}: {_reason(e)}") from None
+    try:
+        BALANCERS[cfg.balancer.name](tasks, **cfg.balancer.options)
+    except (ValueError, TypeError, RuntimeError, KeyError) as e:
+        reason = _reason(e)
+        prefix = "" if reason.lower().startswith(cfg.balancer.name.replace("_", "")) else f"{cfg.balancer.name}: "
+        raise ConfigError(f"balancer: {prefix}{reason}") from None
+    try:
+        TrainerConfig(**cfg.trainer.model_dump())
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"trainer: {_reason(e)}") from None
+
+
+def shared_model_options(cfg: RunConfig, name: str) -> dict[str, Any]:
+    """Options of the configured model that another architecture also takes (e.g. embedding_dim)."""
+    accepted = model_options_model(name).model_fields
+    return {k: v for k, v in cfg.model.options.items() if k in accepted}
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
 def set_dotted(raw: dict[str, Any], assignment: str) -> None:
@@ -180,15 +337,29 @@ def set_dotted(raw: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set {key}: cannot parse value {value!r}: {e}") from None
 
 
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """The parsed YAML of a file; a ConfigError for a missing, unreadable, non-UTF-8 or invalid file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} is a directory, not a YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start}): is it a YAML file?") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be read: {e.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+
+
 def load(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML file, apply ``--set`` overrides, validate."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections (data, model, balancer, trainer, ...)")
     for a in overrides:

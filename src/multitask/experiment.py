@@ -12,23 +12,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from multitask import config as cfgmod
 from multitask.balancing import BALANCERS, Balancer
 from multitask.config import ConfigError, RunConfig
 from multitask.data import DATASETS, DatasetBundle
 from multitask.data.preprocessing import TabularPreprocessor
+from multitask.jsonio import nulls_to_nan, write_json, write_text_atomic
 from multitask.metrics import delta_m, delta_m_terms
 from multitask.models import MODELS, InputSchema, MultiTaskModel
 from multitask.tasks import Task
 from multitask.training import Trainer, TrainerConfig, read_metrics
-from multitask.training.checkpoint import load_checkpoint
+from multitask.training.checkpoint import remove_temporaries
 
 
 def load_data(cfg: RunConfig) -> DatasetBundle:
+    """The configured dataset; a problem in the data itself is a ConfigError naming the dataset."""
     d = cfg.data
-    bundle = DATASETS[d.name](path=d.path, val_fraction=d.val_fraction, seed=d.seed, limit=d.limit)
+    try:
+        bundle = DATASETS[d.name](path=d.path, val_fraction=d.val_fraction, seed=d.seed, limit=d.limit)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        reason = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        where = f" ({d.path})" if d.path else ""
+        raise ConfigError(f"data: {d.name}{where}: {' '.join(reason.split())}") from None
     if cfg.tasks is None:
         return bundle
     bundle = bundle.select_tasks(list(cfg.tasks))
@@ -54,14 +60,8 @@ def build_model(cfg: RunConfig, tasks: list[Task], schema: InputSchema, name: st
     """The configured architecture (or `name`, e.g. 'independent' for baselines), seeded by trainer.seed."""
     torch.manual_seed(cfg.trainer.seed)
     name = name or cfg.model.name
-    options = cfg.model.options if name == cfg.model.name else _shared_options(cfg, name)
+    options = cfg.model.options if name == cfg.model.name else cfgmod.shared_model_options(cfg, name)
     return MODELS[name].tabular(tasks, schema, **options)
-
-
-def _shared_options(cfg: RunConfig, name: str) -> dict[str, Any]:
-    """Options of the configured model that the other architecture also takes (e.g. embedding_dim)."""
-    accepted = cfgmod.model_options_model(name).model_fields
-    return {k: v for k, v in cfg.model.options.items() if k in accepted}
 
 
 def build_balancer(cfg: RunConfig, tasks: list[Task], name: str | None = None) -> Balancer:
@@ -78,16 +78,28 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+def write_run_files(out: Path, cfg: RunConfig, bundle: DatasetBundle) -> None:
+    """config.yaml, tasks.json and preprocessor.json: what `evaluate` and `predict` need, written atomically."""
+    write_text_atomic(out / "config.yaml", cfgmod.dump(cfg))
+    write_json(out / "tasks.json", [t.to_dict() for t in bundle.tasks])
+    write_text_atomic(out / "preprocessor.json", json.dumps(bundle.preprocessor.to_dict()))
+
+
+def baseline_config(cfg: RunConfig) -> RunConfig:
+    """The config of the single-task baselines (`baselines: auto`), so their directory is a run of its own."""
+    raw = cfg.model_dump(mode="json")
+    raw["model"] = {"name": "independent", **cfgmod.shared_model_options(cfg, "independent")}
+    raw["balancer"] = {"name": "equal"}
+    raw["baselines"] = "none"
+    return cfgmod.validate(raw)
 
 
 def train_one(cfg: RunConfig, bundle: DatasetBundle, out: Path, resume: bool, model_name: str | None = None,
               balancer_name: str | None = None) -> dict:
     """Train one model into `out` and write its final.json (no Δm); returns that record."""
     out.mkdir(parents=True, exist_ok=True)
+    if model_name is not None and model_name != cfg.model.name:  # the baselines: a run directory of their own
+        write_run_files(out, baseline_config(cfg), bundle)
     model = build_model(cfg, bundle.tasks, bundle.preprocessor.schema, model_name)
     balancer = build_balancer(cfg, bundle.tasks, balancer_name)
     trainer = Trainer(model, bundle.tasks, balancer, trainer_config(cfg), run_dir=out)
@@ -108,56 +120,82 @@ def train_one(cfg: RunConfig, bundle: DatasetBundle, out: Path, resume: bool, mo
         "parameters": count_parameters(model),
         "balancer_weights": balancer.weights(),
         "history_epochs": len(history),
+        "skipped_steps": trainer.skipped_steps,
     }
-    _write_json(out / "final.json", final)
+    write_json(out / "final.json", final)
     return final
 
 
-def read_baseline(source: str) -> dict[str, dict[str, float]]:
+def read_final(path: Path, what: str = "final.json") -> dict:
+    """A final.json as a dict (nulls read back as NaN), or a ConfigError saying what is wrong with it."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{what}: cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}: {path} is not a run record (a JSON object)")
+    return data
+
+
+def read_baseline(source: str) -> dict[str, dict[str, dict[str, float]]]:
+    """The baseline's metrics per split ({"test": ..., "val": ...}) from a run directory or its final.json."""
     p = Path(source)
     if p.is_dir():
         p = p / "final.json"
     if not p.exists():
         raise ConfigError(f"baselines: {p} does not exist (expected a run directory or its final.json)")
-    data = json.loads(p.read_text())
-    if "test" not in data:
+    data = read_final(p, "baselines")
+    if not isinstance(data.get("test"), dict):
         raise ConfigError(f"baselines: {p} has no 'test' metrics")
-    return data["test"]
+    return {k: nulls_to_nan(data[k]) for k in ("test", "val") if isinstance(data.get(k), dict)}
 
 
 def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
     """The whole run: baselines (if asked), the configured model, test metrics, Δm; returns final.json."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out)
     saved = out / "config.yaml"
-    if resume and saved.exists():
-        _check_same_run(cfgmod.validate(yaml.safe_load(saved.read_text())), cfg)
+    if resume:
+        if not saved.exists():
+            raise ConfigError(f"cannot resume {out}: its config.yaml is missing, so the run cannot be checked "
+                              "against this config; start again with --overwrite")
+        _check_same_run(cfgmod.validate(cfgmod.read_yaml(saved, "the run's config")), cfg)
     start = time.perf_counter()
     bundle = load_data(cfg)
-    saved.write_text(cfgmod.dump(cfg))
-    _write_json(out / "tasks.json", [t.to_dict() for t in bundle.tasks])
-    bundle.preprocessor.save(out / "preprocessor.json")
+    write_run_files(out, cfg, bundle)
 
-    baseline: dict[str, dict[str, float]] | None = None
+    baseline: dict[str, dict[str, dict[str, float]]] | None = None
     baseline_source = None
     if cfg.baselines == "auto" and cfg.model.name != "independent":
         print(f"[multitask] training single-task baselines (independent) into {out / 'baseline'}")
-        baseline = train_one(cfg, bundle, out / "baseline", resume, model_name="independent",
-                             balancer_name="equal")["test"]
-        baseline_source = str(out / "baseline" / "final.json")
+        b = train_one(cfg, bundle, out / "baseline", resume, model_name="independent", balancer_name="equal")
+        baseline, baseline_source = {"test": b["test"], "val": b["val"]}, str(out / "baseline" / "final.json")
     elif cfg.baselines not in ("none", "auto"):
         baseline, baseline_source = read_baseline(cfg.baselines), cfg.baselines
 
     print(f"[multitask] training {cfg.model.name} with {cfg.balancer.name} balancing into {out}")
     final = train_one(cfg, bundle, out, resume)
     if cfg.baselines == "auto" and cfg.model.name == "independent":
-        baseline, baseline_source = final["test"], "this run (the model is the baseline)"
-    final["baseline"] = None if baseline is None else {"test": baseline, "source": baseline_source}
-    final["delta_m"] = None if baseline is None else delta_m(final["test"], baseline)
-    final["delta_m_undefined"] = [] if baseline is None else delta_m_terms(final["test"], baseline)[1]
+        baseline = {"test": final["test"], "val": final["val"]}
+        baseline_source = "this run (the model is the baseline)"
+    final["baseline"] = None if baseline is None else {**baseline, "source": baseline_source}
+    final["delta_m"] = None if baseline is None else delta_m(final["test"], baseline["test"])
+    final["delta_m_undefined"] = [] if baseline is None else delta_m_terms(final["test"], baseline["test"])[1]
     final["total_wall_time_s"] = time.perf_counter() - start
-    _write_json(out / "final.json", final)
+    write_json(out / "final.json", final)
     return final
+
+
+def prepare_run_dir(out: Path) -> None:
+    """Create the run directory (a clear error when a parent is a file) and drop temp files of killed writes."""
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"run directory {out}: {parent} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"run directory {out} cannot be created: {e.strerror}") from None
+    remove_temporaries(out)
 
 
 # options that may change between a run and its resumption
@@ -186,20 +224,40 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ reloading a run
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[RunConfig, list[Task], TabularPreprocessor, Trainer]:
-    """Config, tasks, preprocessing and a Trainer holding the saved weights of a finished (or stopped) run."""
+def load_run(run_dir: str | Path, checkpoint: str = "best"
+             ) -> tuple[RunConfig, list[Task], TabularPreprocessor, Trainer, Path]:
+    """Config, tasks, preprocessing and a Trainer holding the saved weights of a finished (or stopped) run,
+    and the checkpoint file the weights came from (last.pt when the run has no best weights)."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a run directory" + ("" if run_dir.exists() else " (it does not exist)"))
+    if not (run_dir / "config.yaml").exists() and (run_dir / "trainer.json").exists():
+        raise ConfigError(
+            f"{run_dir} was written by the Python API (Trainer(run_dir=...)): it records the model's weights but "
+            "not the data or the architecture's options. Rebuild the model as it was and call "
+            f"trainer.restore({str(run_dir)!r}) then trainer.evaluate(data)")
     for f in ("config.yaml", "tasks.json", "preprocessor.json"):
         if not (run_dir / f).exists():
-            raise FileNotFoundError(f"{run_dir} is not a run directory: {f} is missing")
-    cfg = cfgmod.validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    tasks = [Task(**t) for t in json.loads((run_dir / "tasks.json").read_text())]
-    pre = TabularPreprocessor.load(run_dir / "preprocessor.json")
+            raise ConfigError(f"{run_dir} is not a run directory: {f} is missing")
+    cfg = cfgmod.validate(cfgmod.read_yaml(run_dir / "config.yaml", "the run's config"))
+    try:
+        tasks = [Task(**t) for t in json.loads((run_dir / "tasks.json").read_text())]
+        pre = TabularPreprocessor.load(run_dir / "preprocessor.json")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ConfigError(f"{run_dir}: tasks.json or preprocessor.json cannot be read ({_one_line(e)})") from None
     model = build_model(cfg, tasks, pre.schema)
-    ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not ckpt.exists():
-        ckpt = run_dir / "checkpoints" / "last.pt"
-    state = load_checkpoint(ckpt)
-    model.load_state_dict(state["model"])
     trainer = Trainer(model, tasks, build_balancer(cfg, tasks), trainer_config(cfg), progress=False)
-    return cfg, tasks, pre, trainer
+    folder = run_dir / "checkpoints"
+    if not (folder / "last.pt").exists():
+        raise ConfigError(f"{run_dir} has no checkpoints/last.pt: no epoch of this run finished")
+    try:
+        trainer.restore(run_dir, checkpoint)
+        used = folder / f"{checkpoint}.pt"
+    except FileNotFoundError:
+        trainer.restore(run_dir, "last")
+        used = folder / "last.pt"
+    return cfg, tasks, pre, trainer, used
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

@@ -19,7 +19,7 @@ class HardSharing(MultiTaskModel):
         self.task_names = [t.name for t in tasks]
         self.trunk = trunk
         self.task_heads = nn.ModuleDict(
-            {t.name: mlp(trunk_dim, head_hidden, t.out_dim, dropout=dropout) for t in tasks}
+            {t.name: mlp(trunk_dim, head_hidden, t.out_dim, dropout=dropout, option="head_hidden") for t in tasks}
         )
 
     @classmethod

@@ -25,7 +25,8 @@ class Independent(MultiTaskModel):
 
         def make(task: Task) -> nn.Module:
             trunk = TabularMLP(schema, hidden, embedding_dim, dropout)
-            return nn.Sequential(trunk, mlp(trunk.out_dim, head_hidden, task.out_dim, dropout=dropout))
+            return nn.Sequential(trunk, mlp(trunk.out_dim, head_hidden, task.out_dim, dropout=dropout,
+                                            option="head_hidden"))
 
         return cls(tasks, make)
 

@@ -16,8 +16,12 @@ class InputSchema:
     cat_cardinalities: Sequence[int] = field(default_factory=tuple)
 
 
-def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout: float = 0.0) -> nn.Sequential:
-    """Linear-ReLU(-Dropout) layers; a final Linear to `out_dim` without activation when it is given."""
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout: float = 0.0,
+        option: str = "hidden") -> nn.Sequential:
+    """Linear-ReLU(-Dropout) layers; a final Linear to `out_dim` without activation when it is given.
+    `option` is the name errors give to `hidden` (the config field it came from)."""
+    check_widths(option, hidden)
+    check_dropout(dropout)
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
@@ -28,6 +32,20 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout:
     if out_dim is not None:
         layers.append(nn.Linear(d, out_dim))
     return nn.Sequential(*layers)
+
+
+def check_widths(option: str, widths: Sequence[int]) -> None:
+    """Layer widths are positive integers; the error names the option and the bad entry."""
+    if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):
+        raise ValueError(f"{option}: expected a list of layer widths, got {widths!r}")
+    for w in widths:
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ValueError(f"{option}: layer widths must be integers >= 1, got {list(widths)!r}")
+
+
+def check_dropout(dropout: float) -> None:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
 
 
 def mlp_out_dim(in_dim: int, hidden: Sequence[int]) -> int:
@@ -43,6 +61,8 @@ class TabularEncoder(nn.Module):
 
     def __init__(self, schema: InputSchema, embedding_dim: int = 8) -> None:
         super().__init__()
+        if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be an integer >= 1, got {embedding_dim!r}")
         self.schema = schema
         self.embeddings = nn.ModuleList(
             nn.Embedding(card, max(1, min(embedding_dim, (card + 1) // 2))) for card in schema.cat_cardinalities

@@ -26,16 +26,18 @@ class MMoE(MultiTaskModel):
                  expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (32,),
                  dropout: float = 0.0) -> None:
         super().__init__()
-        if n_experts < 1:
-            raise ValueError(f"n_experts must be >= 1, got {n_experts}")
+        if isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1:
+            raise ValueError(f"n_experts must be an integer >= 1, got {n_experts!r}")
         if not expert_hidden:
             raise ValueError("expert_hidden needs at least one layer")
         self.task_names = [t.name for t in tasks]
         self.encoder = encoder
-        self.experts = nn.ModuleList(mlp(in_dim, expert_hidden, dropout=dropout) for _ in range(n_experts))
+        self.experts = nn.ModuleList(mlp(in_dim, expert_hidden, dropout=dropout, option="expert_hidden")
+                                     for _ in range(n_experts))
         d = mlp_out_dim(in_dim, expert_hidden)
         self.gates = nn.ModuleDict({t.name: nn.Linear(in_dim, n_experts) for t in tasks})
-        self.towers = nn.ModuleDict({t.name: mlp(d, tower_hidden, t.out_dim, dropout=dropout) for t in tasks})
+        self.towers = nn.ModuleDict({t.name: mlp(d, tower_hidden, t.out_dim, dropout=dropout, option="tower_hidden")
+                                     for t in tasks})
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, n_experts: int = 8,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,14 +21,19 @@ from tqdm.auto import tqdm
 from multitask import autograd
 from multitask.balancing import Balancer, Equal
 from multitask.data.dataset import MultiTaskData, batches, index_inputs, to_device
+from multitask.errors import NonFiniteError
+from multitask.jsonio import nulls_to_nan, to_json, write_json, write_text_atomic
 from multitask.metrics import HIGHER_IS_BETTER
 from multitask.models.base import MultiTaskModel
 from multitask.tasks import Task, check_unique
-from multitask.training.checkpoint import load_checkpoint, save_atomic
+from multitask.training.checkpoint import (NEXT_BEST, load_run_state, load_weights, remove_temporaries,
+                                           resolve_best, save_atomic)
 from multitask.training.early_stopping import EarlyStopping
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "cosine")
+NONFINITE = ("raise", "skip")
+RESUME_KEYS = ("epoch", "model", "balancer", "optimizer", "early_stopping", "rng")
 
 
 @dataclass
@@ -51,15 +57,32 @@ class TrainerConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
+    nonfinite: str = "raise"        # a NaN/inf loss or gradient: "raise" (stop, naming task and step) or "skip"
+    max_skips: int = 10             # with "skip": stop after this many skipped steps in a row
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {NONFINITE}, got {self.nonfinite!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "step_size", "max_skips"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ValueError(f"patience must be None or an integer >= 1, got {self.patience!r}")
+        for name, low, strict in (("lr", 0.0, True), ("weight_decay", 0.0, False), ("momentum", 0.0, False),
+                                  ("gamma", 0.0, True), ("grad_clip", 0.0, True)):
+            v = getattr(self, name)
+            if v is None and name == "grad_clip":
+                continue
+            ok = (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+                  and (v > low if strict else v >= low))
+            if not ok:
+                raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {v!r}")
 
 
 class StopTraining(Exception):
@@ -93,6 +116,9 @@ class Trainer:
         self.scheduler = self._make_scheduler()
         self.early = EarlyStopping(self.config.patience, self.monitor_higher)
         self.epoch = 0  # epochs completed
+        self.global_step = 0  # optimisation steps attempted, skipped ones included
+        self.skipped_steps = 0  # steps left out because of a non-finite loss or gradient (nonfinite: skip)
+        self._skips_in_a_row = 0
         self._best_state: dict[str, Tensor] | None = None
 
     # ------------------------------------------------------------------------------------------ set-up
@@ -132,6 +158,8 @@ class Trainer:
             callbacks: Sequence[EpochCallback] = ()) -> list[dict]:
         """Train for `config.epochs` epochs (in total, counting resumed ones). Returns one record per epoch."""
         train.check_tasks(list(self.tasks.values()))
+        if len(train) == 0:
+            raise ValueError("the training data has no rows")
         if val is not None:
             val.check_tasks(list(self.tasks.values()))
         elif self.config.patience is not None or self.config.monitor != "loss":
@@ -144,8 +172,11 @@ class Trainer:
             if self.run_dir is not None:  # a fresh start: nothing of an earlier run may be resumed by mistake
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "metrics.jsonl").write_text("")
-                for stale in ("last.pt", "best.pt"):
+                for stale in ("last.pt", "best.pt", NEXT_BEST):
                     (self.run_dir / "checkpoints" / stale).unlink(missing_ok=True)
+                remove_temporaries(self.run_dir / "checkpoints")
+        if self.run_dir is not None:
+            self._describe_run()
         masks = {t: self.tasks[t].label_mask(y) for t, y in train.targets.items()}
         complete = {t: bool(m.all()) for t, m in masks.items()}
         c = self.config
@@ -182,18 +213,22 @@ class Trainer:
         gen = torch.Generator().manual_seed(c.seed * 1_000_003 + self.epoch)  # order depends on (seed, epoch) only
         n_batches = math.ceil(len(train) / c.batch_size)
         step_losses: list[dict[str, Tensor]] = []
+        skipped_at_start = self.skipped_steps
         start = time.perf_counter()
         bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False,
                    disable=not c.progress, dynamic_ncols=True)
         for step, (inputs, targets, idx) in enumerate(batches(train, c.batch_size, True, gen)):
             inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
             batch_masks = {t: masks[t][idx].to(self.device) for t in self.tasks if not complete[t]}
+            skipped = self.skipped_steps
             losses = self.train_step(inputs, targets, batch_masks)
-            step_losses.append(losses)
+            if self.skipped_steps == skipped:  # a skipped step's losses are not finite: left out of the means
+                step_losses.append(losses)
             bar.update()
-            if c.progress and step % 25 == 0:
-                bar.set_postfix({t: f"{l.item():.4f}" for t, l in losses.items()}, refresh=False)
+            if c.progress and step % 25 == 0 and step_losses:
+                bar.set_postfix({t: f"{l.item():.4f}" for t, l in step_losses[-1].items()}, refresh=False)
         bar.close()
+        self._check_parameters()
         self.epoch += 1
         return {
             "epoch": self.epoch,
@@ -202,6 +237,7 @@ class Trainer:
             "weights": self.balancer.weights(),
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
+            **({"skipped_steps": self.skipped_steps - skipped_at_start} if c.nonfinite == "skip" else {}),
         }
 
     def train_step(self, inputs: Any, targets: Mapping[str, Tensor],
@@ -221,11 +257,83 @@ class Trainer:
 
         present = {t: True if t not in masks else bool(masks[t].any()) for t in tasks}
         self.optimizer.zero_grad(set_to_none=True)
-        losses = autograd.backward(self.model, self.balancer, inputs, loss_of, present)
+        self.global_step += 1
+        saved = self._buffers_snapshot() if self.config.nonfinite == "skip" else None
+        try:
+            losses = autograd.backward(self.model, self.balancer, inputs, loss_of, present)
+            problem = self._nonfinite_problem(losses)
+        except NonFiniteError as e:  # the engine stops before its solvers see NaN
+            losses, problem = None, (str(e), e.tasks)
+        if problem is not None:
+            self._skip_or_raise(*problem, saved)
+            return losses if losses is not None else {t: torch.full((), math.nan) for t in tasks}
+        self._skips_in_a_row = 0
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         return losses
+
+    # ------------------------------------------------------------------------------------------ non-finite values
+    def _nonfinite_problem(self, losses: Mapping[str, Tensor]) -> tuple[str, tuple[str, ...]] | None:
+        """None when every loss and gradient is finite, else what is not (naming the task or parameter).
+        One finite sum proves a whole set finite (NaN and inf propagate); the names are looked for only when not."""
+        values = torch.stack([l.detach().float() for l in losses.values()])
+        if not bool(torch.isfinite(values).all()):
+            bad = [t for t, l in losses.items() if not math.isfinite(float(l))]
+            shown = ", ".join(f"{t!r} ({float(losses[t]):g})" for t in bad)
+            return f"the loss of task {shown} is not finite", tuple(bad)
+        grads = [(n, p.grad) for n, p in self._named_trainable() if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.stack([g.sum() for _, g in grads]).sum())):
+            bad = [n for n, g in grads if not bool(torch.isfinite(g).all())]
+            if bad:
+                shown = ", ".join(f"{t}={float(l):.4g}" for t, l in losses.items())
+                return (f"the gradient of {bad[0]}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''} is not "
+                        f"finite although every loss is ({shown})"), ()
+        return None
+
+    def _named_trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return ([(f"model.{n}", p) for n, p in self.model.named_parameters()]
+                + [(f"balancer.{n}", p) for n, p in self.balancer.named_parameters()])
+
+    def _skip_or_raise(self, problem: str, bad_tasks: tuple[str, ...], saved: dict[str, Tensor] | None) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        where = f"step {self.global_step} (epoch {self.epoch + 1})"
+        hint = ("lower trainer.lr, set trainer.grad_clip, check the data, or set trainer.nonfinite: skip to skip "
+                "such steps")
+        if self.config.nonfinite == "raise":
+            raise NonFiniteError(f"{where}: {problem}; {hint}", bad_tasks)
+        if saved is not None:  # a skipped step leaves no trace: balancer statistics and model buffers as before
+            self._buffers_restore(saved)
+        self.skipped_steps += 1
+        self._skips_in_a_row += 1
+        if self._skips_in_a_row >= self.config.max_skips:
+            raise NonFiniteError(f"{self._skips_in_a_row} steps in a row had non-finite values (trainer.max_skips); "
+                                 f"the last, {where}: {problem}", bad_tasks)
+        if self.config.progress or self.skipped_steps <= 3:
+            tqdm.write(f"[multitask] skipped {where}: {problem} ({self.skipped_steps} skipped so far)")
+
+    def _buffers_snapshot(self) -> dict[str, Tensor]:
+        out = {f"balancer.{k}": v.detach().clone() for k, v in self.balancer.state_dict().items()}
+        out.update({f"model.{k}": v.detach().clone() for k, v in self.model.named_buffers()})
+        return out
+
+    def _buffers_restore(self, saved: Mapping[str, Tensor]) -> None:
+        self.balancer.load_state_dict({k[len("balancer."):]: v for k, v in saved.items() if k.startswith("balancer.")})
+        buffers = dict(self.model.named_buffers())
+        with torch.no_grad():
+            for k, v in saved.items():
+                if k.startswith("model."):
+                    buffers[k[len("model."):]].copy_(v)
+
+    def _check_parameters(self) -> None:
+        """Once per epoch: an update that overflowed the weights themselves is caught before it is evaluated."""
+        params = [(n, p) for n, p in self._named_trainable()]
+        if params and not bool(torch.isfinite(torch.stack([p.detach().sum() for _, p in params]).sum())):
+            bad = [n for n, p in params if not bool(torch.isfinite(p).all())]
+            if bad:
+                raise NonFiniteError(f"epoch {self.epoch + 1}: parameter {bad[0]}"
+                                     f"{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''} became non-finite "
+                                     "after an update; lower trainer.lr or set trainer.grad_clip")
 
     def _monitored(self, ev: dict) -> float:
         if self.config.monitor == "loss":
@@ -267,6 +375,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
+            "global_step": self.global_step,
+            "skipped_steps": self.skipped_steps,
             "model": self.model.state_dict(),
             "balancer": self.balancer.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -278,7 +388,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"], "checkpoint")
         self.balancer.load_state_dict(state["balancer"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
@@ -288,56 +398,107 @@ class Trainer:
         if self.device.type == "cuda" and state.get("cuda_rng"):
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.epoch = int(state["epoch"])
+        self.global_step = int(state.get("global_step", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             self.scheduler.T_max = self.config.epochs  # `epochs` may grow on resume: anneal over the new total
 
     def _save(self, best: bool) -> None:
+        """last.pt and best.pt as a consistent pair (see `multitask.training.checkpoint`): new best weights to
+        best.next.pt, then last.pt (naming the best epoch), then the rename to best.pt."""
         if self.run_dir is None:
             return
+        folder = self.run_dir / "checkpoints"
         state = self.state_dict()
-        save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
         if best:
-            save_atomic({"epoch": self.epoch, "model": state["model"]}, self.run_dir / "checkpoints" / "best.pt")
+            save_atomic({"epoch": self.epoch, "model": state["model"]}, folder / NEXT_BEST)
+        save_atomic(state, folder / "last.pt")
+        if best:
+            os.replace(folder / NEXT_BEST, folder / "best.pt")
 
     def _resume(self) -> list[dict]:
         if self.run_dir is None:
             raise ValueError("resume needs a run_dir")
-        state = load_checkpoint(self.run_dir / "checkpoints" / "last.pt", self.device)
+        folder = self.run_dir / "checkpoints"
+        state = load_run_state(folder / "last.pt", self.device, RESUME_KEYS)
         self.load_state_dict(state)
-        best = self.run_dir / "checkpoints" / "best.pt"
-        if best.exists():
-            self._best_state = load_checkpoint(best, self.device)["model"]
-        # keep only the epochs the checkpoint holds (a crash may have logged one more)
+        remove_temporaries(folder)
+        best = resolve_best(folder, self.early.best_epoch)
+        if best is not None:
+            saved = load_run_state(best, self.device)
+            if int(saved.get("epoch", -1)) == self.early.best_epoch:
+                self._best_state = saved["model"]
+        # keep only the epochs the checkpoint holds (a crash may have logged one more, or half a line)
         history = [r for r in read_metrics(self.run_dir) if r["epoch"] <= self.epoch]
-        with open(self.run_dir / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in history)
+        write_text_atomic(self.run_dir / "metrics.jsonl", "".join(to_json(r) + "\n" for r in history))
         return history
+
+    def restore(self, run_dir: str | Path, checkpoint: str = "best") -> int:
+        """Load the weights of a run directory written by a Trainer (`checkpoint`: "best" or "last") into this
+        trainer's model; returns the epoch they are from. The model must be built as it was for that run."""
+        if checkpoint not in ("best", "last"):
+            raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+        folder = Path(run_dir) / "checkpoints"
+        last = load_run_state(folder / "last.pt", self.device)
+        path = folder / "last.pt"
+        if checkpoint == "best":
+            best_epoch = int(last.get("early_stopping", {}).get("best_epoch", -1))
+            found = resolve_best(folder, best_epoch, finish=False)
+            if found is None:
+                raise FileNotFoundError(f"{folder} has no best.pt (the run had no validation data, or no epoch "
+                                        "finished); use checkpoint='last'")
+            path = found
+        state = last if path.name == "last.pt" else load_run_state(path, self.device)
+        load_weights(self.model, state["model"], path)
+        return int(state.get("epoch", -1))
+
+    def _describe_run(self) -> None:
+        """trainer.json: what a run directory holds and how it was trained, written atomically at every start."""
+        write_json(self.run_dir / "trainer.json", {
+            "tasks": [t.to_dict() for t in self.tasks.values()],
+            "model": type(self.model).__name__,
+            "balancer": type(self.balancer).__name__,
+            "config": asdict(self.config),
+        })
 
     def _log(self, record: dict) -> None:
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(to_json(record) + "\n")
         if self.config.progress:
             tqdm.write(format_epoch(record))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The epoch records of metrics.jsonl; a last line cut short by a kill is left out (nulls read as NaN)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(nulls_to_nan(json.loads(line)))
+        except json.JSONDecodeError:
+            break  # only the last line can be incomplete (appends are in order)
+    return out
 
 
 def format_epoch(record: dict) -> str:
-    parts = [f"epoch {record['epoch']:>3}", "train " + " ".join(f"{t}={v:.4f}" for t, v in record["train_loss"].items())]
+    parts = [f"epoch {record['epoch']:>3}", "train " + " ".join(f"{t}={_fmt(v)}" for t, v in record["train_loss"].items())]
     if "val" in record:
         shown = []
         for t, ms in record["val"].items():
             m, v = next(iter(ms.items()))
-            shown.append(f"{t}.{m}={v:.4f}")
+            shown.append(f"{t}.{m}={_fmt(v)}")
         parts.append("val " + " ".join(shown))
     parts.append(f"{record['seconds']:.1f}s" + (" *" if record.get("best") else ""))
     return " | ".join(parts)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.4f}"
 
 
 __all__ = ["Trainer", "TrainerConfig", "StopTraining", "read_metrics"]
