@@ -1,9 +1,12 @@
 """`Task`: what one target is (its kind), how it is learned (loss) and judged (metrics), and how much it matters."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -55,19 +58,35 @@ class Task:
             raise ValueError(f"task name must be a non-empty string, got {self.name!r}")
         if self.kind not in KINDS:
             raise ValueError(f"task {self.name!r}: kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
+        if not isinstance(self.n_outputs, numbers.Integral) or isinstance(self.n_outputs, bool):
+            raise TypeError(f"task {self.name!r}: n_outputs must be an int, got {self.n_outputs!r}")
+        self.n_outputs = int(self.n_outputs)  # a numpy integer becomes a plain int (it is saved as JSON)
+        if not isinstance(self.importance, numbers.Real) or isinstance(self.importance, bool):
+            raise TypeError(f"task {self.name!r}: importance must be a number, got {self.importance!r}")
+        self.importance = float(self.importance)
+        if not (math.isfinite(self.importance) and self.importance >= 0):
+            raise ValueError(f"task {self.name!r}: importance must be >= 0 and finite, got {self.importance}")
+        if isinstance(self.metrics, str):
+            raise TypeError(f"task {self.name!r}: metrics must be a list of metric names, not the string "
+                            f"{self.metrics!r} (write metrics=[{self.metrics!r}])")
         if self.kind == "binary" and self.n_outputs != 1:
             raise ValueError(f"task {self.name!r}: a binary task has n_outputs=1, got {self.n_outputs}")
         if self.kind == "multiclass" and self.n_outputs < 2:
             raise ValueError(f"task {self.name!r}: a multiclass task needs n_outputs >= 2 classes")
         if self.n_outputs < 1:
             raise ValueError(f"task {self.name!r}: n_outputs must be >= 1, got {self.n_outputs}")
-        if not self.importance >= 0:
-            raise ValueError(f"task {self.name!r}: importance must be >= 0, got {self.importance}")
         allowed = _metrics.METRICS_BY_KIND[self.kind]
         if self.metrics is None:
             self.metrics = tuple(allowed)
-        self.metrics = tuple(self.metrics)
+        try:
+            self.metrics = tuple(self.metrics)
+        except TypeError:
+            raise TypeError(f"task {self.name!r}: metrics must be a list of metric names, got "
+                            f"{self.metrics!r}") from None
         for m in self.metrics:
+            if not isinstance(m, str):
+                raise TypeError(f"task {self.name!r}: metric names must be strings, got {m!r}; "
+                                f"allowed: {', '.join(allowed)}")
             if m not in allowed:
                 raise ValueError(
                     f"task {self.name!r}: metric {m!r} does not apply to a {self.kind} task; "
@@ -93,6 +112,50 @@ class Task:
         if target.is_floating_point():
             return ~torch.isnan(target)
         return target >= 0
+
+    # ----------------------------------------------------------------------------------------- targets
+    def check_targets(self, target: Any) -> None:
+        """Raise a ValueError / TypeError, naming this task, if `target` (its labels for a whole split) does not
+        fit the task: a torch tensor of shape [N] ([N, n_outputs] for multilabel and wide regression), finite,
+        with binary / multilabel labels 0 or 1 and multiclass labels whole numbers in 0..n_outputs-1.
+
+        A missing label is NaN in a float tensor and a negative number in an integer tensor; a negative float
+        is not a missing label (it is reported). Costs a few passes over the tensor.
+        """
+        where = f"task {self.name!r}"
+        require_tensor(target, f"{where}: targets")
+        if target.dtype.is_complex:
+            raise TypeError(f"{where}: targets must be real numbers, got dtype {target.dtype}")
+        wide = self.kind == "multilabel" or (self.kind == "regression" and self.n_outputs > 1)
+        if (target.dim(), target.shape[1:]) != ((2, (self.n_outputs,)) if wide else (1, ())):
+            want = f"[N, {self.n_outputs}]" if wide else "[N]"
+            raise ValueError(f"{where}: targets of shape {tuple(target.shape)}; a {self.kind} task with "
+                             f"n_outputs={self.n_outputs} takes {want}")
+        floating = target.is_floating_point()
+        missing = "NaN marks a missing label" if floating else "a negative integer marks a missing label"
+        if floating:
+            fail_if_any(where, torch.isinf(target), target, "infinite targets", missing)
+        labelled = self.label_mask(target)
+        if self.kind in ("binary", "multilabel"):
+            bad = labelled & (target != 0) & (target != 1)
+            negative = floating and bool((bad & (target < 0)).any())
+            fail_if_any(where, bad, target, "labels other than 0/1",
+                        f"a {self.kind} label is 0 or 1; "
+                        + (f"{missing} in a float tensor, not a negative number" if negative else missing))
+        elif self.kind == "multiclass":
+            classes = f"0..{self.n_outputs - 1}"
+            if floating:
+                fail_if_any(where, labelled & (target != target.round()), target,
+                            "class labels that are not whole numbers", f"classes are {classes}; {missing}")
+                fail_if_any(where, labelled & (target < 0), target, "negative class labels",
+                            f"{missing} in a float tensor (or use an integer tensor with -1 for a missing label); "
+                            f"classes are {classes}")
+            fail_if_any(where, labelled & (target >= self.n_outputs), target, f"class labels outside {classes}",
+                        f"a multiclass task with n_outputs={self.n_outputs} takes classes {classes}; {missing}")
+        elif not floating and target.dtype != torch.bool:
+            fail_if_any(where, target < 0, target, "negative integer targets",
+                        "a negative integer reads as a missing label; give regression targets as a float tensor "
+                        "(.float()), with NaN for a missing value")
 
     # ----------------------------------------------------------------------------------------- loss
     def loss(self, output: Tensor, target: Tensor, mask: Tensor | None = None, complete: bool = False) -> Tensor:
@@ -153,6 +216,33 @@ class Task:
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "n_outputs": self.n_outputs,
                 "importance": self.importance, "metrics": list(self.metrics or ())}
+
+
+def require_tensor(x: Any, what: str, verb: str = "are") -> None:
+    """`x` is a torch tensor with at least one dimension (the rows); `what` (with `verb`) names it in the error.
+
+    Arrays are not converted silently: a numpy array (or list, Series, ...) is a TypeError that says how."""
+    if not isinstance(x, Tensor):
+        kind = "a numpy array" if isinstance(x, np.ndarray) else f"a {type(x).__name__}"
+        raise TypeError(f"{what} {verb} {kind}; pass a torch tensor (torch.as_tensor(...) converts an array)")
+    if x.dim() == 0:
+        raise ValueError(f"{what} {verb} a 0-dim tensor (a single number); give one row per example, "
+                         "shape [N, ...]")
+
+
+def _examples(values: Tensor, k: int = 3) -> str:
+    """Up to `k` distinct values, smallest first, as text."""
+    vals = torch.unique(values.detach().cpu())[:k].tolist()
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in vals)
+
+
+def fail_if_any(where: str, bad: Tensor, target: Tensor, what: str, allowed: str) -> None:
+    """Raise if any entry is `bad`: how many rows (with one bad entry or more), some bad values, what is allowed."""
+    if not bool(bad.any()):
+        return
+    rows = int(bad.reshape(bad.shape[0], -1).any(1).sum())
+    verb = "row has" if rows == 1 else "rows have"
+    raise ValueError(f"{where}: {rows} {verb} {what} (e.g. {_examples(target[bad])}); {allowed}")
 
 
 def check_unique(tasks: Sequence[Task]) -> dict[str, Task]:

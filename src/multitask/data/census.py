@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -48,14 +49,33 @@ def read_census_csv(path: Path, limit: int | None = None) -> pd.DataFrame:
     return df
 
 
+MARITAL_STATUSES = ("Never married", "Married-civilian spouse present", "Divorced", "Widowed", "Separated",
+                    "Married-spouse absent", "Married-A F spouse present")
+
+
+def _binary_target(df: pd.DataFrame, column: str, task: str, positive: str, known: tuple[str, ...],
+                   strip: str = "") -> torch.Tensor:
+    """1.0 where `column` reads `positive`, 0.0 for the other `known` values, NaN (a missing label) where the cell
+    is empty; any other value is an error naming the column, the task, the count of rows and some values."""
+    text = df[column].astype(object).where(df[column].notna(), "").map(str).str.strip().str.rstrip(strip)
+    empty = text == ""
+    bad = ~empty & ~text.isin(known)
+    if bad.any():
+        k, examples = int(bad.sum()), ", ".join(repr(v) for v in pd.unique(text[bad])[:3])
+        raise ValueError(
+            f"census column {column!r} (task {task!r}): {k} {'row has' if k == 1 else 'rows have'} unexpected "
+            f"labels (e.g. {examples}); the column takes {' / '.join(repr(v) for v in known)}, or an empty cell "
+            "for a missing label"
+        )
+    return torch.tensor(np.where(empty, np.nan, text == positive), dtype=torch.float32)
+
+
 def census_targets(df: pd.DataFrame) -> dict[str, torch.Tensor]:
-    income = df["income"].str.strip().str.rstrip(".")
-    unknown = set(income.unique()) - {"50000+", "- 50000"}
-    if unknown:
-        raise ValueError(f"unexpected income labels {sorted(unknown)[:5]}")
+    """income: "50000+" -> 1, "- 50000" -> 0; marital: "Never married" -> 1, another status -> 0. An empty cell is a
+    missing label (NaN); any other value is an error."""
     return {
-        "income": torch.tensor((income == "50000+").to_numpy(), dtype=torch.float32),
-        "marital": torch.tensor((df["marital_stat"].str.strip() == "Never married").to_numpy(), dtype=torch.float32),
+        "income": _binary_target(df, "income", "income", "50000+", ("50000+", "- 50000"), strip="."),
+        "marital": _binary_target(df, "marital_stat", "marital", "Never married", MARITAL_STATUSES),
     }
 
 

@@ -7,7 +7,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from multitask.tasks import Task
+from multitask.tasks import Task, fail_if_any, require_tensor
 
 
 def index_inputs(inputs: Any, idx: Tensor) -> Any:
@@ -21,6 +21,38 @@ def n_rows(inputs: Any) -> int:
     if isinstance(inputs, Tensor):
         return inputs.shape[0]
     return next(iter(inputs.values())).shape[0]
+
+
+def check_inputs(inputs: Any) -> int:
+    """The number of rows of `inputs` (a tensor or a dict of tensors), after checking that every tensor has
+    that many rows and that no float entry is NaN or infinite (one would make every weight NaN at the first
+    step; missing values are imputed before this point, e.g. by `TabularPreprocessor`)."""
+    if isinstance(inputs, Mapping):
+        if not inputs:
+            raise ValueError("inputs are an empty dict; give at least one tensor, e.g. {'num': x}")
+        items = [(f"input {k!r}", v, "is") for k, v in inputs.items()]
+    else:
+        items = [("inputs", inputs, "are")]
+    n: int | None = None
+    for what, x, verb in items:
+        require_tensor(x, what, verb)
+        if n is None:
+            n, first = x.shape[0], what
+        elif x.shape[0] != n:
+            raise ValueError(f"{what} has {x.shape[0]} rows but {first} has {n}")
+        if x.is_floating_point() or x.is_complex():
+            finite = torch.isfinite(x)
+            if not bool(finite.all()):
+                rows = int((~finite).reshape(n, -1).any(1).sum())
+                n_nan = int(torch.isnan(x).sum())
+                raise ValueError(
+                    f"{what}: {rows} {'row has' if rows == 1 else 'rows have'} non-finite values "
+                    f"({n_nan} NaN, {int((~finite).sum()) - n_nan} inf/-inf entries); a NaN or infinite input "
+                    "makes every weight NaN at the first step: impute missing values first (TabularPreprocessor "
+                    "fills a missing numeric value with the training mean) and replace infinite ones"
+                )
+    assert n is not None
+    return n
 
 
 def to_device(obj: Any, device: torch.device | str) -> Any:
@@ -37,10 +69,18 @@ class MultiTaskData:
     targets: dict[str, Tensor]
 
     def __post_init__(self) -> None:
-        n = n_rows(self.inputs)
+        """Inputs as in `check_inputs`; each target a tensor with one row per input row, never infinite (NaN is
+        a missing label). 0 rows are allowed here (an empty subset); `check_tasks` refuses them."""
+        n = check_inputs(self.inputs)
+        if not isinstance(self.targets, Mapping):
+            raise TypeError(f"targets must be a dict {{task name: tensor}}, got {type(self.targets).__name__}")
         for name, y in self.targets.items():
+            require_tensor(y, f"task {name!r}: targets")
             if y.shape[0] != n:
                 raise ValueError(f"task {name!r}: {y.shape[0]} targets for {n} input rows")
+            if y.is_floating_point():
+                fail_if_any(f"task {name!r}", torch.isinf(y), y, "infinite targets",
+                            "NaN marks a missing label; an infinite one cannot be learned")
 
     def __len__(self) -> int:
         return n_rows(self.inputs)
@@ -48,8 +88,11 @@ class MultiTaskData:
     def subset(self, idx: Tensor) -> "MultiTaskData":
         return MultiTaskData(index_inputs(self.inputs, idx), {t: y[idx] for t, y in self.targets.items()})
 
-    def check_tasks(self, tasks: Sequence[Task]) -> None:
-        """Every task has targets here, and no target names an unknown task."""
+    def check_tasks(self, tasks: Sequence[Task], require_rows: bool = True, what: str = "the data") -> None:
+        """Every task has targets here, no target names an unknown task, every target passes its task's
+        `Task.check_targets` (labels of the right kind and shape), and (with `require_rows`) there is at least
+        one row. `what` names this data in the errors ("the training data"). Called by `Trainer.fit` and
+        `Trainer.evaluate`; a few passes over the targets."""
         names = {t.name for t in tasks}
         missing = [t for t in names if t not in self.targets]
         if missing:
@@ -57,6 +100,11 @@ class MultiTaskData:
         unknown = [t for t in self.targets if t not in names]
         if unknown:
             raise KeyError(f"targets for unknown task(s) {sorted(unknown)}; the tasks are {sorted(names)}")
+        if require_rows and len(self) == 0:
+            raise ValueError(f"{what} has 0 rows (inputs and targets are empty): training and evaluation need at "
+                             "least one; check the split fractions and any row limit")
+        for t in tasks:
+            t.check_targets(self.targets[t.name])
 
 
 def batches(data: MultiTaskData, batch_size: int, shuffle: bool = False,

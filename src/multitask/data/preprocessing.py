@@ -23,6 +23,31 @@ def _as_text(col: pd.Series) -> pd.Series:
     return col.astype(object).where(col.notna(), MISSING).map(str)
 
 
+def _rows(k: int) -> str:
+    return f"{k} row is" if k == 1 else f"{k} rows are"
+
+
+def numeric_column(df: pd.DataFrame, c: str) -> np.ndarray:
+    """Column `c` as float64, NaN where a cell is empty (also blank text or the text "nan"). Text that is not a
+    number and infinite values are errors naming the column, the count of rows and some of the values."""
+    raw = df[c]
+    col = pd.to_numeric(raw, errors="coerce")
+    bad = col.isna() & raw.notna()
+    if bad.any():  # empty-looking text is a missing value; anything else unparsable is an error
+        text = raw[bad].map(str).str.strip()
+        bad[bad] = ~text.str.lower().isin(["", "nan"]).to_numpy()
+    if bad.any():
+        k, examples = int(bad.sum()), ", ".join(repr(v) for v in pd.unique(raw[bad].map(str))[:3])
+        raise ValueError(f"feature column {c!r} must be numeric: {k} {'row holds' if k == 1 else 'rows hold'} "
+                         f"text that is not a number (e.g. {examples}); leave a cell empty for a missing value")
+    values = col.astype("float64").to_numpy()
+    k = int(np.isinf(values).sum())
+    if k:
+        raise ValueError(f"feature column {c!r}: {_rows(k)} infinite (inf/-inf); replace them, or leave the cells "
+                         "empty for a missing value (it is filled with the training mean)")
+    return values
+
+
 @dataclass
 class TabularPreprocessor:
     numeric: list[str]
@@ -33,10 +58,19 @@ class TabularPreprocessor:
 
     def fit(self, df: pd.DataFrame) -> "TabularPreprocessor":
         self._check_columns(df)
+        if len(df) == 0:
+            raise ValueError("TabularPreprocessor.fit got 0 rows: there is nothing to fit the feature statistics on")
         for c in self.numeric:
-            col = pd.to_numeric(df[c], errors="raise").astype("float64")
-            self.means[c] = float(col.mean())
-            std = float(col.std(ddof=0))
+            col = numeric_column(df, c)
+            present = col[~np.isnan(col)]
+            if present.size == 0:
+                raise ValueError(f"feature column {c!r}: all {len(col)} training rows are empty, so there is no "
+                                 "mean to fill missing values with; drop the column or give it values")
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
+                mean, std = float(present.mean()), float(present.std())
+            if not (np.isfinite(mean) and np.isfinite(std)):
+                raise ValueError(f"feature column {c!r}: values too large to standardise (mean {mean}, std {std})")
+            self.means[c] = mean
             self.stds[c] = std if std > 0 else 1.0
         for c in self.categorical:
             self.vocab[c] = sorted(_as_text(df[c]).unique().tolist())
@@ -54,13 +88,16 @@ class TabularPreprocessor:
         if self.numeric:
             cols = []
             for c in self.numeric:
-                try:
-                    col = pd.to_numeric(df[c], errors="raise").astype("float64").to_numpy()
-                except (ValueError, TypeError) as e:
-                    raise ValueError(f"feature column {c!r} must be numeric: {e}") from None
+                col = numeric_column(df, c)
                 col = np.where(np.isnan(col), self.means[c], col)  # a missing value reads as the mean
-                cols.append((col - self.means[c]) / self.stds[c])
-            out["num"] = torch.tensor(np.stack(cols, axis=1), dtype=torch.float32)
+                with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
+                    col = ((col - self.means[c]) / self.stds[c]).astype("float32")
+                k = int((~np.isfinite(col)).sum())  # a value past float32's range after standardising
+                if k:
+                    raise ValueError(f"feature column {c!r}: {_rows(k)} too large to represent after "
+                                     f"standardising (mean {self.means[c]:g}, std {self.stds[c]:g})")
+                cols.append(col)
+            out["num"] = torch.from_numpy(np.stack(cols, axis=1))
         if self.categorical:
             cols = []
             for c in self.categorical:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -34,6 +35,35 @@ def find_yeast(path: str | Path | None = None) -> Path:
     return Path(datasets.Yeast().path)
 
 
+_TEXT_LABELS = {"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0}
+
+
+def yeast_label(df: pd.DataFrame, c: str) -> torch.Tensor:
+    """Label column `c` as float32 0/1, NaN (a missing label) for an empty cell. It may hold numbers or the text
+    true/false/1/0; anything else (another number, inf, other text) is an error naming the column, the task,
+    the count of rows and some of the values."""
+    where = f"yeast column {c!r} (task {c.lower()!r})"
+    col = df[c]
+    if pd.api.types.is_numeric_dtype(col):
+        values = col.astype("float64")
+        k = int(np.isinf(values).sum())
+        if k:
+            raise ValueError(f"{where}: {k} {'row is' if k == 1 else 'rows are'} infinite (inf/-inf); a label "
+                             "is 0 or 1, or an empty cell for a missing label")
+        bad = values.notna() & ~values.isin([0.0, 1.0])
+        shown = [f"{v:g}" for v in pd.unique(values[bad])[:3]]
+    else:
+        text = col.astype(object).where(col.notna(), "").map(str).str.strip().str.lower()
+        values = text.map(_TEXT_LABELS)  # NaN for an empty cell, and for text that is not a label
+        bad = values.isna() & (text != "")
+        shown = [repr(str(v)) for v in pd.unique(col[bad])[:3]]
+    if bad.any():
+        k, examples = int(bad.sum()), ", ".join(shown)
+        raise ValueError(f"{where}: {k} {'row has' if k == 1 else 'rows have'} labels other than 0/1 "
+                         f"(e.g. {examples}); a label is 0/1 or true/false, or an empty cell for a missing label")
+    return torch.tensor(values.astype("float32").to_numpy())
+
+
 def load_yeast(path: str | Path | None = None, val_fraction: float = 0.1, test_fraction: float = 0.3,
                seed: int = 0, limit: int | None = None) -> DatasetBundle:
     df = pd.read_csv(find_yeast(path), nrows=limit)
@@ -45,12 +75,7 @@ def load_yeast(path: str | Path | None = None, val_fraction: float = 0.1, test_f
     split = split_indices(len(df), {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction,
                                     "test": test_fraction}, seed)
     pre = TabularPreprocessor(features, []).fit(df.iloc[split["train"].numpy()])
-    targets = {}
-    for c in labels:
-        col = df[c]
-        if col.dtype == object:
-            col = col.astype(str).str.lower().map({"true": 1.0, "false": 0.0, "1": 1.0, "0": 0.0})
-        targets[c.lower()] = torch.tensor(col.astype("float32").to_numpy())
+    targets = {c.lower(): yeast_label(df, c) for c in labels}
     full = MultiTaskData(pre.transform(df), targets)
     tasks = [Task(c.lower(), "binary") for c in labels]
     return DatasetBundle("yeast", tasks, full.subset(split["train"]), full.subset(split["val"]),
