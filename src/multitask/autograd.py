@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.nn.modules import module as _nn_module  # its global hook registries
 
 from multitask.balancing.base import Balancer, GradientBalancer, GramianBalancer, JacobianBalancer, LossBalancer
+from multitask.errors import NonFiniteError
 from multitask.models.base import MultiTaskModel, has_hooks
 
 LossOf = Callable[[str, Tensor], Tensor]  # (task name, model output) -> scalar loss
@@ -82,6 +83,7 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
             return losses
         index = np.array([tasks.index(t) for t in active])
         loss_values = torch.stack([losses[t].detach() for t in active])
+        _check_finite_losses(active, loss_values)  # before any head factor, Gramian or solver sees a NaN
         scales = balancer.head_weights(loss_values, index)
         wrt = [x for t in active for x in taps[t]] + head_params
         # each loss is a root of the backward pass (no summed graph to build); a loss without a graph (a
@@ -442,8 +444,19 @@ def _split(d: Tensor, like: list[Tensor]) -> list[Tensor]:
     return out
 
 
+def _check_finite_losses(tasks: list[str], values: Tensor) -> None:
+    if not bool(torch.isfinite(values).all()):
+        bad = [(t, v) for t, v in zip(tasks, values.tolist()) if not np.isfinite(v)]
+        shown = ", ".join(f"{t!r} ({v:g})" for t, v in bad)
+        raise NonFiniteError(f"the loss of task {shown} is not finite", tuple(t for t, _ in bad))
+
+
 def _solve(balancer: GramianBalancer, gram: Tensor, losses: Tensor, index: np.ndarray) -> Tensor:
     K = gram.detach().double().cpu().numpy()
+    if not np.all(np.isfinite(K)):  # finite losses with overflowing gradients: no solver can use this
+        bad = [balancer.task_names[i] for i, ok in zip(index, np.isfinite(K).all(axis=1)) if not ok]
+        raise NonFiniteError(f"the gradients of task(s) {', '.join(map(repr, bad))} are not finite (or overflow in "
+                             "their inner products) although every loss is", ())
     w = np.asarray(balancer.solve(K, losses.double().cpu().numpy(), index), dtype=np.float64)
     if w.shape != (len(index),) or not np.all(np.isfinite(w)):
         raise FloatingPointError(f"{type(balancer).__name__} returned invalid weights {w}")

@@ -225,11 +225,16 @@ def _check_data(cfg: RunConfig) -> None:
             raise ConfigError(f"data.path: {d.path} does not exist")
         if cfg.data.name == "census-income" and not Path(d.path).expanduser().is_dir():
             raise ConfigError(f"data.path: {d.path} is a file; census-income reads a folder holding its two CSVs")
+        if cfg.data.name == "yeast" and not Path(d.path).expanduser().is_file():
+            raise ConfigError(f"data.path: {d.path} is a directory; yeast reads one CSV file")
     rows, test_fraction = DATASET_ROWS[d.name]
     n = min(rows, d.limit) if d.limit is not None else rows
     val = int(round(d.val_fraction * n))
     test = int(round(test_fraction * n))
     train = n - val - test
+    if test_fraction and d.val_fraction + test_fraction >= 1:
+        raise ConfigError(f"data.val_fraction: {d.val_fraction:g} overlaps the {test_fraction:g} of {d.name} held out "
+                          f"for test (together they must be < 1 to leave training rows)")
     if val < 1 or train < 1:
         held = f" and {test_fraction:g} for test" if test_fraction else ""
         raise ConfigError(
@@ -342,7 +347,7 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{what} {path} does not exist")
-    if not path.is_file():
+    if path.is_dir():
         raise ConfigError(f"{what} {path} is a directory, not a YAML file")
     try:
         text = path.read_text(encoding="utf-8")

@@ -157,11 +157,9 @@ class Trainer:
     def fit(self, train: MultiTaskData, val: MultiTaskData | None = None, resume: bool = False,
             callbacks: Sequence[EpochCallback] = ()) -> list[dict]:
         """Train for `config.epochs` epochs (in total, counting resumed ones). Returns one record per epoch."""
-        train.check_tasks(list(self.tasks.values()))
-        if len(train) == 0:
-            raise ValueError("the training data has no rows")
+        train.check_tasks(list(self.tasks.values()), what="the training data")
         if val is not None:
-            val.check_tasks(list(self.tasks.values()))
+            val.check_tasks(list(self.tasks.values()), what="the validation data")
         elif self.config.patience is not None or self.config.monitor != "loss":
             raise ValueError("early stopping (patience) and `monitor` need validation data: pass val=...")
         history: list[dict] = []
@@ -279,14 +277,14 @@ class Trainer:
         One finite sum proves a whole set finite (NaN and inf propagate); the names are looked for only when not."""
         values = torch.stack([l.detach().float() for l in losses.values()])
         if not bool(torch.isfinite(values).all()):
-            bad = [t for t, l in losses.items() if not math.isfinite(float(l))]
-            shown = ", ".join(f"{t!r} ({float(losses[t]):g})" for t in bad)
+            bad = [t for t, l in losses.items() if not math.isfinite(float(l.detach()))]
+            shown = ", ".join(f"{t!r} ({float(losses[t].detach()):g})" for t in bad)
             return f"the loss of task {shown} is not finite", tuple(bad)
         grads = [(n, p.grad) for n, p in self._named_trainable() if p.grad is not None]
         if grads and not bool(torch.isfinite(torch.stack([g.sum() for _, g in grads]).sum())):
             bad = [n for n, g in grads if not bool(torch.isfinite(g).all())]
             if bad:
-                shown = ", ".join(f"{t}={float(l):.4g}" for t, l in losses.items())
+                shown = ", ".join(f"{t}={float(l.detach()):.4g}" for t, l in losses.items())
                 return (f"the gradient of {bad[0]}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''} is not "
                         f"finite although every loss is ({shown})"), ()
         return None
