@@ -18,7 +18,7 @@ def _train(args: argparse.Namespace) -> int:
     out = Path(args.resume or args.out or Path("runs") / Path(args.config).stem)
     if args.resume and not (out / "checkpoints" / "last.pt").exists():
         raise ConfigError(f"--resume: {out} has no checkpoints/last.pt to continue from")
-    if not args.resume and (out / "checkpoints").exists() and not args.overwrite:
+    if not args.resume and (out / "checkpoints" / "last.pt").exists() and not args.overwrite:
         raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, "
                           "--overwrite to start again, or --out for another directory")
     final = experiment.run(cfg, out, resume=bool(args.resume))
