@@ -120,3 +120,16 @@ def test_task_selection_and_importance(tmp_path):
     final = json.loads((run / "final.json").read_text())
     assert set(final["test"]) == {"class1", "class3"}
     assert final["balancer_weights"] == {"class1": 2.0, "class3": 1.0}
+
+
+def test_methods_prints_one_clean_line_per_method(capsys):
+    from multitask.balancing import BALANCERS
+    from multitask.models import MODELS
+
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in list(BALANCERS) + list(MODELS):
+        (line,) = [x for x in lines if x.split()[:1] == [name]]
+        description = line.split(None, 2 if name in BALANCERS else 1)[-1]
+        assert description.rstrip().endswith((".", ")")), line  # a whole sentence, not cut mid-way
+        assert "``" not in description and len(description.split()) >= 4, line
