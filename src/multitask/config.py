@@ -201,11 +201,15 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
 
 def planned_tasks(cfg: RunConfig) -> list:
     """The tasks this config trains (the dataset's, narrowed and configured by `tasks:`), without reading data."""
+    return configure_tasks(dataset_tasks(cfg.data.name), cfg)
+
+
+def configure_tasks(tasks: list, cfg: RunConfig) -> list:
+    """`tasks` narrowed to those the `tasks:` section names (all when it is absent), with their options."""
     from multitask.tasks import Task
 
-    tasks = dataset_tasks(cfg.data.name)
     if cfg.tasks is None:
-        return tasks
+        return list(tasks)
     out = []
     for t in tasks:
         tc = cfg.tasks.get(t.name)
@@ -213,7 +217,7 @@ def planned_tasks(cfg: RunConfig) -> list:
             continue
         try:
             out.append(Task(t.name, t.kind, t.n_outputs, tc.importance, tc.metrics or t.metrics))
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             raise ConfigError(f"tasks.{t.name}: {e}") from None
     return out
 

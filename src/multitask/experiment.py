@@ -38,22 +38,8 @@ def load_data(cfg: RunConfig) -> DatasetBundle:
     if cfg.tasks is None:
         return bundle
     bundle = bundle.select_tasks(list(cfg.tasks))
-    bundle.tasks = configure_tasks(bundle.tasks, cfg)
+    bundle.tasks = cfgmod.configure_tasks(bundle.tasks, cfg)
     return bundle
-
-
-def configure_tasks(tasks: list[Task], cfg: RunConfig) -> list[Task]:
-    out = []
-    for t in tasks:
-        tc = (cfg.tasks or {}).get(t.name)
-        if tc is None:
-            out.append(t)
-            continue
-        try:
-            out.append(Task(t.name, t.kind, t.n_outputs, tc.importance, tc.metrics or t.metrics))
-        except ValueError as e:
-            raise ConfigError(f"tasks.{t.name}: {e}") from None
-    return out
 
 
 def build_model(cfg: RunConfig, tasks: list[Task], schema: InputSchema, name: str | None = None) -> MultiTaskModel:

@@ -1,4 +1,5 @@
-"""Run files as strict JSON: NaN and infinity are not JSON, so they are written as null with a reason."""
+"""Run files written atomically, and as strict JSON: NaN and infinity are not JSON, so they are written as null
+with a reason."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 NULL_REASONS = "null_values"  # the key under which a record lists the values written as null, and why
 
@@ -31,13 +32,14 @@ def to_json(obj: Any, indent: int | None = None) -> str:
     return json.dumps(clean, indent=indent, allow_nan=False)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write `text` so that `path` holds either its old content or all of the new one (temp file + rename)."""
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call `write(file)` on a temp file beside `path`, sync it and rename it over `path`: a kill at any
+    moment leaves `path` either as it was or complete. The temp file is removed if writing fails."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,6 +47,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """`write_atomic` for UTF-8 text."""
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_json(path: str | Path, obj: Any) -> None:
