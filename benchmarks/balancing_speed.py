@@ -13,6 +13,12 @@ Run in the benchmark environment (benchmarks/compare_env.sh), which has torchjd 
     LIBMTL_PATH=... .bench-env/bin/python benchmarks/balancing_speed.py [--T 2 3 10 40] [--threads 1]
     [--budget 40] [--out docs/benchmarks]
 Without torchjd / LibMTL importable it measures multitask alone.
+
+Gramian cost (section "Gramian cost", also alone with --gramian-only, which rewrites only that section of
+the report and the "gramian" entry of the JSON): the engine's Gramian of hard float32 Jacobians (T = 10,
+P = 100k: correlated rows, badly scaled rows, both, ill-conditioned, plus a plain random one) against a
+float32 J J^T, the previous rule (float32 product, float64 redo when cond(K) > 1e4) and float64 products,
+in interleaved rounds; with each one's largest entry error against float64 products.
 """
 from __future__ import annotations
 
@@ -149,8 +155,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--budget", type=float, default=40.0, help="seconds of measuring rounds per T")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--gramian-only", action="store_true", help="measure only the Gramian cost section")
+    ap.add_argument("--gramian-rounds", type=int, default=60)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.gramian_only:
+        gram = gramian_cost(args.gramian_rounds)
+        text = "\n".join(gramian_report(gram, args))
+        print(text)
+        if args.out:
+            write_gramian_section(Path(args.out), gram, text)
+        return
     others = {}
     try:
         import compare_libs
@@ -182,15 +197,143 @@ def main() -> None:
     lines = report(results, others, args, versions)
     text = "\n".join(lines)
     print(text)
+    gram = gramian_cost(args.gramian_rounds)
+    gram_text = "\n".join(gramian_report(gram, args))
+    print(gram_text)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "balancing_speed.json").write_text(json.dumps(results, indent=1))
+        (out / "balancing_speed.json").write_text(json.dumps({**results, "gramian": gram}, indent=1))
         (out / "balancing_speed.md").write_text(
             "# Balancing speed\n\nCommand: `LIBMTL_PATH=... .bench-env/bin/python benchmarks/balancing_speed.py"
             + "".join(f" {a}" for a in sys.argv[1:]) + "` (environment: `benchmarks/compare_env.sh`)\n\n"
-            + text + "\n\n![seconds per step](balancing_speed.png)\n")
+            + text + "\n\n![seconds per step](balancing_speed.png)\n\n" + GRAM_BEGIN + "\n" + gram_text + "\n"
+            + GRAM_END + "\n")
         plot(results, out / "balancing_speed.png")
+
+
+# ------------------------------------------------------------------------------------------ Gramian cost
+GRAM_BEGIN, GRAM_END = "<!-- gramian-cost -->", "<!-- /gramian-cost -->"
+GRAM_T, GRAM_P = 10, 100_000
+
+
+def hard_jacobians() -> dict[str, torch.Tensor]:
+    """Seeded float32 Jacobians (T = 10, P = 100k) of the classes where the Gramian's precision matters."""
+    g = torch.Generator().manual_seed(0)
+    T, P = GRAM_T, GRAM_P
+
+    def unit(J: torch.Tensor) -> torch.Tensor:
+        return J / J.norm(dim=1, keepdim=True)
+
+    norms = torch.logspace(-3, 3, T)[torch.randperm(T, generator=g)][:, None]  # ratio 1e6
+    U = torch.linalg.qr(torch.randn(T, T, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(P, T, generator=g, dtype=torch.float64))[0]
+    out = {
+        "random": torch.randn(T, P, generator=g),
+        "correlated (common + 1e-2 noise)": torch.randn(P, generator=g) + 1e-2 * torch.randn(T, P, generator=g),
+        "badly scaled (norms 1e-3 ... 1e3)": unit(torch.randn(T, P, generator=g)) * norms,
+        "correlated and badly scaled":
+            unit(torch.randn(P, generator=g) + 1e-2 * torch.randn(T, P, generator=g)) * norms,
+        "correlated (common + 1e-3 noise)": torch.randn(P, generator=g) + 1e-3 * torch.randn(T, P, generator=g),
+        "ill-conditioned (singular values 1 ... 1e-4)": (U * torch.logspace(0, -4, T, dtype=torch.float64)) @ V.T,
+    }
+    return {k: v.float().contiguous() for k, v in out.items()}
+
+
+def previous_gram(M: torch.Tensor) -> torch.Tensor:
+    """The engine's Gramian before this change (kept here to measure against): float32 M M^T, redone with
+    float64 products when lambda_min(K) < 1e-4 lambda_max(K)."""
+    K = (M @ M.T).double()
+    eig = torch.linalg.eigvalsh(K)
+    if float(eig[-1]) > 0 and float(eig[0]) < 1e-4 * float(eig[-1]):
+        Md = M.double()
+        K = Md @ Md.T
+    return K
+
+
+def gramian_cost(rounds: int) -> dict:
+    from multitask.balancing import AlignedMTL
+
+    strict = AlignedMTL([Task(f"t{i}", "regression") for i in range(GRAM_T)])  # gramian_rcond 1e-3
+    ways = {
+        "float32 J J^T": lambda M: M @ M.T,
+        "previous engine": previous_gram,
+        "engine (MGDA, CAGrad, Nash-MTL, UPGrad, ...)": autograd._gram,
+        "engine (Aligned-MTL, IMTL-G)": lambda M: autograd._stricter(strict, autograd._gram(M),
+                                                                     lambda: autograd._exact_gram(M)),
+        "float64 products": autograd._exact_gram,
+    }
+    rng = random.Random(1)
+    out = {}
+    for name, M in hard_jacobians().items():
+        exact = autograd._exact_gram(M)
+        norms = exact.diag().sqrt()
+        scale = torch.outer(norms, norms).clamp_min(1e-300)
+        warm: dict[str, list[float]] = {w: [] for w in ways}
+        cold: dict[str, list[float]] = {w: [] for w in ways}
+        for f in ways.values():  # warm-up
+            f(M)
+        for _ in range(rounds):
+            order = list(ways)
+            rng.shuffle(order)
+            for w in order:  # the first call follows another way's (a cold cache), then 4 in a row
+                calls = []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    ways[w](M)
+                    calls.append(time.perf_counter() - t0)
+                cold[w].append(calls[0])
+                warm[w].append(statistics.median(calls[1:]))
+        out[name] = {
+            "rcond_correlation": autograd._correlation_rcond(exact),
+            "median_s": {w: statistics.median(v) for w, v in warm.items()},
+            "median_s_first_call": {w: statistics.median(v) for w, v in cold.items()},
+            "max_entry_error": {w: float(((ways[w](M).double() - exact).abs() / scale).max()) for w in ways},
+        }
+    return out
+
+
+def gramian_report(gram: dict, args) -> list[str]:
+    ways = list(next(iter(gram.values()))["median_s"])
+    lines = ["## Gramian cost", "",
+             f"CPU ({platform.machine()}, {os.cpu_count()} cores), {args.threads} torch thread(s), torch "
+             f"{torch.__version__}; float32 Jacobians T = {GRAM_T}, P = {GRAM_P}. Command: `python "
+             f"benchmarks/balancing_speed.py --gramian-only --gramian-rounds {args.gramian_rounds}"
+             f"{' --out ' + args.out if args.out else ''}`.",
+             f"Each of {args.gramian_rounds} rounds runs every way of forming K in a shuffled order, five calls in "
+             "a row: the table gives the median of calls 2-5 (ms, and the ratio to the float32 J J^T), the last "
+             "column the median of first calls, which follow another way's products (a cold cache). The engine "
+             "sums float32 products of 256-column blocks in float64 and redoes K with float64 products only when "
+             f"the correlation matrix D^-1 K D^-1 has lambda_min / lambda_max < {autograd.GRAM_RCOND:g} "
+             "(Aligned-MTL and IMTL-G: < 1e-3); the previous engine redid it whenever cond(K) > 1e4. Error: the "
+             "largest |K_ij - K64_ij| / (|g_i| |g_j|) against float64 products.", "",
+             "| Jacobian | rcond(D^-1 K D^-1) | " + " | ".join(f"{w}: ms (ratio) [error]" for w in ways)
+             + " | first call: float32 / engine / previous, ms |",
+             "|---|---:|" + "---:|" * (len(ways) + 1)]
+    for name, r in gram.items():
+        base = r["median_s"][ways[0]]
+        cells = [f"{1000 * r['median_s'][w]:.3f} ({r['median_s'][w] / base:.2f}x) [{r['max_entry_error'][w]:.0e}]"
+                 for w in ways]
+        first = r["median_s_first_call"]
+        lines.append(f"| {name} | {r['rcond_correlation']:.0e} | " + " | ".join(cells)
+                     + f" | {1000 * first[ways[0]]:.3f} / {1000 * first[ways[2]]:.3f} / {1000 * first[ways[1]]:.3f} |")
+    return lines
+
+
+def write_gramian_section(out: Path, gram: dict, text: str) -> None:
+    """Replace (or append) the Gramian section of the report and the "gramian" entry of its JSON."""
+    out.mkdir(parents=True, exist_ok=True)
+    md, js = out / "balancing_speed.md", out / "balancing_speed.json"
+    block = GRAM_BEGIN + "\n" + text + "\n" + GRAM_END
+    old = md.read_text() if md.exists() else "# Balancing speed\n"
+    if GRAM_BEGIN in old and GRAM_END in old:
+        new = old[:old.index(GRAM_BEGIN)] + block + old[old.index(GRAM_END) + len(GRAM_END):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    md.write_text(new)
+    data = json.loads(js.read_text()) if js.exists() else {}
+    data["gramian"] = gram
+    js.write_text(json.dumps(data, indent=1))
 
 
 def _get(res: dict, lib: str, name: str | None, mode: str) -> float | None:

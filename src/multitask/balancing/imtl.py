@@ -21,6 +21,9 @@ class IMTLG(GramianBalancer):
     """Gradient weights that give every task the same projection of the update."""
 
     name = "imtl_g"
+    # its weights rest on the smallest eigenvalues: the engine forms the Gramian with float64 products as soon
+    # as its correlation matrix has lambda_min / lambda_max < 1e-3 (the default is 1e-6; see autograd._gram)
+    gramian_rcond = 1e-3
 
     def solve(self, gramian: np.ndarray, losses: np.ndarray, index: np.ndarray) -> np.ndarray:
         T = len(gramian)

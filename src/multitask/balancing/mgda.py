@@ -1,7 +1,8 @@
 """MGDA (Désidéri 2012; Sener & Koltun, NeurIPS 2018): the min-norm point of the convex hull of the task
 gradients, d = sum_i w_i g_i with w = argmin_{w in simplex} ||sum_i w_i g_i||^2.
 
-Solved by Frank-Wolfe with exact line search (closed form for two tasks). `normalize` rescales each
+Solved exactly by Wolfe's min-norm-point (active-set) algorithm, to a relative Frank-Wolfe gap of 1e-10
+(closed form for two tasks; see solvers.py for the certificate). `normalize` rescales each
 gradient before the solve, as in the paper: "none", "l2" (g/||g||), "loss" (g/L), "loss+" (g/(L ||g||)).
 The weights returned act on the raw gradients: with normalisation factors n_i the update is the min-norm
 point of the normalised gradients, sum_i u_i g_i / n_i, i.e. weights u_i / n_i. (The authors' code instead
