@@ -425,11 +425,12 @@ def _or_zeros(g: Tensor | None, like: Tensor) -> Tensor:
 
 # Gramians of float32 gradients: products of blocks of GRAM_BLOCK columns (float32), summed in float64. A single
 # float32 product accumulates round-off over all P columns (about 5e-6 |g_i| |g_j| at P = 1e5); blocks of 256
-# bring it to about 1e-8 for 1.1-1.4x the time (measured at T = 10, P = 1e5). The correlation matrix D^-1 K D^-1 (D: the gradient norms) then
-# says whether that is enough: its smallest eigenvalue relative to its largest must be >= GRAM_RCOND, else the
-# Gramian is redone with float64 products (2.2-2.4x a float32 product). The test is scale-free, so tasks with
-# tiny or huge gradients alone never cost a float64 pass. A method whose result rests on the smallest
-# eigen-directions (Aligned-MTL, IMTL-G) asks for float64 sooner with a larger `gramian_rcond` attribute.
+# bring it to about 1e-8 for 1.1-1.4x the time (measured at T = 10, P = 1e5). The correlation matrix D^-1 K D^-1
+# (D: the gradient norms) then says whether that is enough: its smallest eigenvalue relative to its largest
+# must be >= GRAM_RCOND, else the Gramian is redone with float64 products (2.2-2.4x a float32 product). The test
+# is scale-free, so tasks with tiny or huge gradients alone never cost a float64 pass. A method whose result
+# rests on the smallest eigen-directions (Aligned-MTL, IMTL-G) asks for float64 sooner with a larger
+# `gramian_rcond` attribute.
 GRAM_BLOCK = 256
 GRAM_RCOND = 1e-6
 
