@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from multitask.data import DATASET_TASKS
+from multitask.data import DEFAULT_TASKS
 from multitask.data.census import CATEGORICAL, NUMERIC, read_census_csv
 from multitask.data.paths import CENSUS_FILES, find_census_income
 
 
 def test_census_subset(census_small):
     b = census_small
-    assert [t.name for t in b.tasks] == DATASET_TASKS["census-income"]
+    assert [t.name for t in b.tasks] == DEFAULT_TASKS["census-income"] == ["income", "marital"]
     assert len(b.train) + len(b.val) == 3000 and len(b.test) == 1500
     assert b.train.inputs["num"].shape[1] == len(NUMERIC) == 7
     assert b.train.inputs["cat"].shape[1] == len(CATEGORICAL) == 32
@@ -57,3 +57,36 @@ def test_unseen_categories_map_to_unknown_index(census_small):
     assert (x["cat"] == 0).all()
     with pytest.raises(ValueError, match="feature column 'age' must be numeric"):
         pre.transform(pd.DataFrame([row | {"age": "old"}]))
+
+
+def test_census_education_is_a_third_task_and_then_not_a_feature():
+    from multitask.data import load_census_income
+    from multitask.data.census import BACHELOR_OR_MORE
+
+    b = load_census_income(limit=3000, seed=0, tasks=["income", "education"])
+    assert [t.name for t in b.tasks] == ["income", "education"] and set(b.train.targets) == {"income", "education"}
+    assert "education" not in b.preprocessor.categorical and b.train.inputs["cat"].shape[1] == 31
+    raw = read_census_csv(find_census_income() / CENSUS_FILES[0], limit=3000)
+    expected = raw["education"].isin(BACHELOR_OR_MORE).to_numpy()
+    full = torch.cat([b.train.targets["education"], b.val.targets["education"]])
+    assert full.sum().item() == expected.sum() and 0.05 < expected.mean() < 0.3  # about 15% in the full file
+    with pytest.raises(KeyError, match="unknown census-income task"):
+        load_census_income(limit=100, tasks=["salary"])
+
+
+def test_census_education_task_through_the_cli(tmp_path):
+    import json
+
+    import yaml
+
+    from multitask.cli import main
+
+    raw = {"data": {"name": "census-income", "limit": 1500}, "tasks": {"marital": {}, "education": {}},
+           "model": {"name": "hard_sharing", "hidden": [16], "head_hidden": [8], "embedding_dim": 4},
+           "trainer": {"epochs": 3, "batch_size": 64, "lr": 3e-3, "progress": False}}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert set(final["test"]) == {"marital", "education"} and 0.7 < final["test"]["education"]["auc"] <= 1
+    assert "education" not in json.loads((tmp_path / "run" / "preprocessor.json").read_text())["categorical"]

@@ -201,7 +201,7 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
 
 def planned_tasks(cfg: RunConfig) -> list:
     """The tasks this config trains (the dataset's, narrowed and configured by `tasks:`), without reading data."""
-    return configure_tasks(dataset_tasks(cfg.data.name), cfg)
+    return configure_tasks(dataset_tasks(cfg.data.name, None if cfg.tasks is None else list(cfg.tasks)), cfg)
 
 
 def configure_tasks(tasks: list, cfg: RunConfig) -> list:

@@ -30,7 +30,9 @@ def load_data(cfg: RunConfig) -> DatasetBundle:
     """The configured dataset; a problem in the data itself is a ConfigError naming the dataset."""
     d = cfg.data
     try:
-        bundle = DATASETS[d.name](path=d.path, val_fraction=d.val_fraction, seed=d.seed, limit=d.limit)
+        # census-income builds its features from the tasks (education is a feature unless it is a task)
+        chosen = {"tasks": list(cfg.tasks) if cfg.tasks else None} if d.name == "census-income" else {}
+        bundle = DATASETS[d.name](path=d.path, val_fraction=d.val_fraction, seed=d.seed, limit=d.limit, **chosen)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         reason = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         where = f" ({d.path})" if d.path else ""

@@ -1,4 +1,6 @@
 """Data: in-memory multi-task datasets, preprocessing, and the real datasets (read offline from disk)."""
+from multitask.data.census import DEFAULT_TASKS as CENSUS_DEFAULT_TASKS
+from multitask.data.census import TASKS as CENSUS_TASKS
 from multitask.data.census import census_tasks, load_census_income
 from multitask.data.dataset import DatasetBundle, MultiTaskData, batches
 from multitask.data.preprocessing import TabularPreprocessor
@@ -7,18 +9,21 @@ from multitask.tasks import Task
 
 DATASETS = {"census-income": load_census_income, "yeast": load_yeast}
 # task names of each dataset, known without reading it (configs are checked before any data is loaded)
-DATASET_TASKS = {"census-income": ["income", "marital"], "yeast": [f"class{i}" for i in range(1, N_LABELS + 1)]}
+DATASET_TASKS = {"census-income": list(CENSUS_TASKS), "yeast": [f"class{i}" for i in range(1, N_LABELS + 1)]}
+# the tasks trained when a config has no `tasks:` section
+DEFAULT_TASKS = {"census-income": list(CENSUS_DEFAULT_TASKS), "yeast": DATASET_TASKS["yeast"]}
 # rows of the file the train/validation split is drawn from, and the fraction held out of it for test
 # (census-income has its own test file), so that a split leaving no training rows is refused up front
 DATASET_ROWS = {"census-income": (199_523, 0.0), "yeast": (2_417, 0.3)}
 
 
-def dataset_tasks(name: str) -> list[Task]:
-    """The tasks of a built-in dataset, without reading it."""
+def dataset_tasks(name: str, names: list[str] | None = None) -> list[Task]:
+    """The tasks `names` (default: the dataset's default tasks) of a built-in dataset, without reading it."""
+    names = DEFAULT_TASKS[name] if names is None else names
     if name == "census-income":
-        return census_tasks()
-    return [Task(t, "binary") for t in DATASET_TASKS[name]]
+        return census_tasks(names)
+    return [Task(t, "binary") for t in DATASET_TASKS[name] if t in names]
 
 
 __all__ = ["DatasetBundle", "MultiTaskData", "batches", "TabularPreprocessor", "load_census_income",
-           "load_yeast", "DATASETS", "DATASET_TASKS", "DATASET_ROWS", "dataset_tasks"]
+           "load_yeast", "DATASETS", "DATASET_TASKS", "DATASET_ROWS", "DEFAULT_TASKS", "dataset_tasks"]
