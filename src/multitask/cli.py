@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _show_recorded(run_dir, args)
     cfg, tasks, pre, trainer, used = experiment.load_run(run_dir, args.checkpoint)
     bundle = experiment.load_data(cfg)
-    result = trainer.evaluate(getattr(bundle, args.split))
+    result = experiment.original_units(trainer.evaluate(getattr(bundle, args.split)), bundle)
     final = experiment.read_final(run_dir / "final.json") if (run_dir / "final.json").exists() else {}
     shown = {**final, args.split: result["metrics"], "test": result["metrics"], "delta_m": None}
     baseline = nulls_to_nan((final.get("baseline") or {}).get(args.split) or {})
@@ -131,6 +132,16 @@ def _predict(args: argparse.Namespace) -> int:
     except (KeyError, ValueError, TypeError) as e:
         raise ConfigError(f"--input {args.input}: {e.args[0] if e.args else e}") from None
     preds = trainer.predict(inputs, wanted)
+    codecs_file = Path(args.run_dir) / "targets.json"
+    if codecs_file.exists():  # a user's table: labels and values in the table's own terms
+        from multitask.data.targets import TargetCodec
+
+        codecs = {c["name"]: TargetCodec.from_dict(c) for c in json.loads(codecs_file.read_text())}
+        out = pd.concat([codecs[t].decode(p) for t, p in preds.items()], axis=1)
+        out.to_csv(args.output, index=False)
+        print(f"wrote {len(out)} rows x {len(out.columns)} columns ({', '.join(out.columns[:6])}"
+              f"{', ...' if len(out.columns) > 6 else ''}) to {args.output} ({used.stem} checkpoint)")
+        return 0
     by_name = {t.name: t for t in tasks}
     out = pd.DataFrame(index=df.index)
     for t, p in preds.items():

@@ -40,12 +40,26 @@ class _Strict(BaseModel):
     model_config = _CONFIG
 
 
+class SplitConfig(_Strict):
+    """How a user's table is split: random fractions, or a column whose values are train/val/test."""
+
+    val_fraction: Num = Field(0.1, gt=0, lt=1)
+    test_fraction: Num = Field(0.2, gt=0, lt=1)
+    seed: Int = 0
+    column: Optional[str] = None
+
+
 class DataConfig(_Strict):
-    name: Literal["census-income", "yeast"]
+    name: Literal["census-income", "yeast", "table"]
     path: Optional[str] = None
     val_fraction: Num = Field(0.1, gt=0, lt=1)
     limit: Optional[Int] = Field(None, ge=20, description="read only the first rows (quick runs, tests)")
     seed: Int = 0
+    # name: table only (see multitask.data.table)
+    targets: Optional[dict[str, Any]] = None
+    features: Union[Literal["auto"], list[str]] = "auto"
+    categorical: Optional[list[str]] = None
+    split: Optional[SplitConfig] = None
 
 
 class TaskConfig(_Strict):
@@ -167,7 +181,7 @@ def _format(e: ValidationError, prefix: str = "", allowed: str = "") -> str:
     return "; ".join(lines)
 
 
-def validate(raw: Mapping[str, Any]) -> RunConfig:
+def validate(raw: Mapping[str, Any], deep: bool = True) -> RunConfig:
     """A `RunConfig` from plain data, or a `ConfigError` naming the field at fault.
 
     Everything that can be checked without reading the data is checked here, before any work starts: the
@@ -185,12 +199,14 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(_format(e, allowed=allowed)) from None
     _check_named("model", cfg.model, MODELS, model_options_model)
     _check_named("balancer", cfg.balancer, BALANCERS, balancer_options_model)
-    known = DATASET_TASKS[cfg.data.name]
+    known = list(cfg.data.targets or {}) if cfg.data.name == "table" else DATASET_TASKS[cfg.data.name]
     for t in cfg.tasks or {}:
         if t not in known:
             raise ConfigError(f"tasks.{t}: unknown task for dataset {cfg.data.name!r}; it has: {', '.join(known)}")
     if cfg.tasks is not None and not cfg.tasks:
         raise ConfigError("tasks: name at least one task (or leave the section out to train all)")
+    if not deep:  # a saved run's config: its tasks are in tasks.json, its data need not be there any more
+        return cfg
     _check_data(cfg)
     tasks = planned_tasks(cfg)
     _check_monitor(cfg, tasks)
@@ -201,6 +217,14 @@ def validate(raw: Mapping[str, Any]) -> RunConfig:
 
 def planned_tasks(cfg: RunConfig) -> list:
     """The tasks this config trains (the dataset's, narrowed and configured by `tasks:`), without reading data."""
+    if cfg.data.name == "table":
+        from multitask.data.table import planned_codecs
+
+        try:
+            tasks = [c.task() for c in planned_codecs(cfg.data.path, cfg.data.targets)]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"data.targets: {_reason(e)}") from None
+        return configure_tasks(tasks, cfg)
     return configure_tasks(dataset_tasks(cfg.data.name, None if cfg.tasks is None else list(cfg.tasks)), cfg)
 
 
@@ -222,8 +246,29 @@ def configure_tasks(tasks: list, cfg: RunConfig) -> list:
     return out
 
 
+def _check_table(d: DataConfig) -> None:
+    if not d.path:
+        raise ConfigError("data.path: a table needs the path of its CSV, TSV or Parquet file")
+    if not d.targets:
+        raise ConfigError("data.targets: name the target columns, e.g. {species: multiclass, body_mass_g: regression}")
+    p = Path(d.path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"data.path: {d.path} {'is a directory' if p.is_dir() else 'does not exist'}")
+    s = d.split or SplitConfig()
+    if s.column is None and s.val_fraction + s.test_fraction >= 1:
+        raise ConfigError(f"data.split: val_fraction {s.val_fraction:g} + test_fraction {s.test_fraction:g} leave no "
+                          "training rows (they must add up to less than 1)")
+
+
 def _check_data(cfg: RunConfig) -> None:
     d = cfg.data
+    if d.name == "table":
+        return _check_table(d)
+    for option in ("targets", "categorical", "split"):
+        if getattr(d, option) is not None:
+            raise ConfigError(f"data.{option}: only a table (data.name: table) takes it")
+    if d.features != "auto":
+        raise ConfigError("data.features: only a table (data.name: table) takes it")
     if d.path is not None:
         if not Path(d.path).expanduser().exists():
             raise ConfigError(f"data.path: {d.path} does not exist")

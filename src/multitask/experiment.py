@@ -29,6 +29,21 @@ from multitask.training.checkpoint import remove_temporaries
 def load_data(cfg: RunConfig) -> DatasetBundle:
     """The configured dataset; a problem in the data itself is a ConfigError naming the dataset."""
     d = cfg.data
+    if d.name == "table":
+        from multitask.data.table import load_table
+
+        try:
+            bundle = load_table(d.path, d.targets, d.features, d.categorical,
+                                (d.split.model_dump() if d.split else None), d.limit)
+        except (ValueError, KeyError, TypeError) as e:
+            reason = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+            raise ConfigError(f"data: {' '.join(reason.split())}") from None
+        for note in bundle.info["notes"]:
+            print(f"[multitask] {note}")
+        if cfg.tasks is not None:
+            bundle = bundle.select_tasks(list(cfg.tasks))
+            bundle.tasks = cfgmod.configure_tasks(bundle.tasks, cfg)
+        return bundle
     try:
         # census-income builds its features from the tasks (education is a feature unless it is a task)
         chosen = {"tasks": list(cfg.tasks) if cfg.tasks else None} if d.name == "census-income" else {}
@@ -71,6 +86,8 @@ def write_run_files(out: Path, cfg: RunConfig, bundle: DatasetBundle) -> None:
     write_text_atomic(out / "config.yaml", cfgmod.dump(cfg))
     write_json(out / "tasks.json", [t.to_dict() for t in bundle.tasks])
     write_text_atomic(out / "preprocessor.json", json.dumps(bundle.preprocessor.to_dict()))
+    if "codecs" in bundle.info:  # a user's table: labels and target scaling, for predict
+        write_json(out / "targets.json", [c.to_dict() for c in bundle.info["codecs"]])
 
 
 def baseline_config(cfg: RunConfig) -> RunConfig:
@@ -93,8 +110,8 @@ def train_one(cfg: RunConfig, bundle: DatasetBundle, out: Path, resume: bool, mo
     trainer = Trainer(model, bundle.tasks, balancer, trainer_config(cfg), run_dir=out)
     resume = resume and (out / "checkpoints" / "last.pt").exists()
     history = trainer.fit(bundle.train, bundle.val, resume=resume)
-    test = trainer.evaluate(bundle.test)
-    val = trainer.evaluate(bundle.val)
+    test = original_units(trainer.evaluate(bundle.test), bundle)
+    val = original_units(trainer.evaluate(bundle.val), bundle)
     final = {
         "dataset": cfg.data.name,
         "model": model_name or cfg.model.name,
@@ -112,6 +129,19 @@ def train_one(cfg: RunConfig, bundle: DatasetBundle, out: Path, resume: bool, mo
     }
     write_json(out / "final.json", final)
     return final
+
+
+def original_units(result: dict, bundle: DatasetBundle) -> dict:
+    """Regression metrics of standardised targets brought back to the targets' units (mse x std^2, mae x std;
+    r2 does not change): what final.json and evaluate report."""
+    for codec in bundle.info.get("codecs", []):
+        ms = result["metrics"].get(codec.name, {})
+        if codec.kind == "regression" and codec.std != 1.0:
+            if "mse" in ms:
+                ms["mse"] *= codec.std ** 2
+            if "mae" in ms:
+                ms["mae"] *= codec.std
+    return result
 
 
 def read_final(path: Path, what: str = "final.json") -> dict:
@@ -227,7 +257,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"
     for f in ("config.yaml", "tasks.json", "preprocessor.json"):
         if not (run_dir / f).exists():
             raise ConfigError(f"{run_dir} is not a run directory: {f} is missing")
-    cfg = cfgmod.validate(cfgmod.read_yaml(run_dir / "config.yaml", "the run's config"))
+    cfg = cfgmod.validate(cfgmod.read_yaml(run_dir / "config.yaml", "the run's config"), deep=False)
     try:
         tasks = [Task(**t) for t in json.loads((run_dir / "tasks.json").read_text())]
         pre = TabularPreprocessor.load(run_dir / "preprocessor.json")

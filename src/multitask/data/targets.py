@@ -86,9 +86,12 @@ class TargetCodec:
         values = col[_present(col)]
         if self.kind in ("binary", "multiclass"):
             self.labels = sorted((_label(v) for v in pd.unique(values)), key=lambda v: (str(type(v)), v))
+            if not self.labels:
+                raise ValueError(f"target {self.name!r} has no labels at all in the training rows (every cell is "
+                                 "empty)")
             if len(self.labels) < 2:
-                shown = f" (only {self.labels[0]!r})" if self.labels else ""
-                raise ValueError(f"target {self.name!r}: the training rows hold {len(self.labels)} class{shown}; "
+                shown = f" (only {self.labels[0]!r})"
+                raise ValueError(f"target {self.name!r}: the training rows hold 1 class{shown}; "
                                  "a classification task needs at least two")
             if self.kind == "binary" and len(self.labels) != 2:
                 raise ValueError(f"target {self.name!r}: declared binary but the training rows hold "
