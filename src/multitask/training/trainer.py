@@ -1,7 +1,9 @@
 """`Trainer`: fit, evaluate and predict a multi-task model with any balancer, with resumable run directories.
 
-The trainer has no method- or architecture-specific branches: the model gives ``{task: output}``, each
-`Task` gives its loss, the balancer (through `multitask.autograd`) writes the gradients.
+The trainer has no method-, architecture- or source-specific branches: the model gives ``{task: output}``,
+each `Task` gives its loss, the balancer (through `multitask.autograd`) writes the gradients, and the training
+data is a `MultiTaskData` (the default shuffled batcher), a `BatchPlan` (e.g. tasks from several sources,
+`multitask.data.sampling`) or any iterable of ``(inputs, targets)`` batches (e.g. a DataLoader).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -20,7 +22,8 @@ from tqdm.auto import tqdm
 
 from multitask import autograd
 from multitask.balancing import Balancer, Equal
-from multitask.data.dataset import MultiTaskData, batches, index_inputs, to_device
+from multitask.data.dataset import MultiTaskData, index_inputs, to_device
+from multitask.data.sampling import BatchPlan, ShuffledBatches, epoch_generator
 from multitask.errors import NonFiniteError
 from multitask.jsonio import nulls_to_nan, to_json, write_json, write_text_atomic
 from multitask.metrics import HIGHER_IS_BETTER
@@ -120,6 +123,8 @@ class Trainer:
         self.skipped_steps = 0  # steps left out because of a non-finite loss or gradient (nonfinite: skip)
         self._skips_in_a_row = 0
         self._best_state: dict[str, Tensor] | None = None
+        self._present: dict[str, bool] = {}  # which tasks had labels in the last step
+        self._own_params: dict[str, list[torch.nn.Parameter]] | None = None
 
     # ------------------------------------------------------------------------------------------ set-up
     def _monitor_direction(self, monitor: str) -> bool:
@@ -154,12 +159,25 @@ class Trainer:
         return None
 
     # ------------------------------------------------------------------------------------------ training
-    def fit(self, train: MultiTaskData, val: MultiTaskData | None = None, resume: bool = False,
-            callbacks: Sequence[EpochCallback] = ()) -> list[dict]:
-        """Train for `config.epochs` epochs (in total, counting resumed ones). Returns one record per epoch."""
-        train.check_tasks(list(self.tasks.values()), what="the training data")
+    def fit(self, train: MultiTaskData | BatchPlan | Iterable[Any], val: MultiTaskData | None = None,
+            resume: bool = False, callbacks: Sequence[EpochCallback] = ()) -> list[dict]:
+        """Train for `config.epochs` epochs (in total, counting resumed ones). Returns one record per epoch.
+
+        `train`: a `MultiTaskData` (shuffled batches of `batch_size`, the fast default), a `BatchPlan` (rows of
+        its `data` chosen per step, e.g. `SourceBatches`), or any iterable of ``(inputs, targets)`` batches,
+        e.g. a DataLoader with `multitask.data.loading.collate`, iterated once per epoch (each batch checked,
+        label masks computed per batch; `set_epoch(epoch)` is called on it or on its batch sampler / sampler
+        when they have one, so an order seeded by the epoch is the same after a resume)."""
+        tasks = list(self.tasks.values())
+        if isinstance(train, MultiTaskData):
+            train = ShuffledBatches(train)
+        if isinstance(train, BatchPlan):
+            train.data.check_tasks(tasks, what="the training data")
+        elif not isinstance(train, Iterable):
+            raise TypeError(f"train must be a MultiTaskData, a BatchPlan or an iterable of (inputs, targets) "
+                            f"batches; got {type(train).__name__}")
         if val is not None:
-            val.check_tasks(list(self.tasks.values()), what="the validation data")
+            val.check_tasks(tasks, what="the validation data")
         elif self.config.patience is not None or self.config.monitor != "loss":
             raise ValueError("early stopping (patience) and `monitor` need validation data: pass val=...")
         history: list[dict] = []
@@ -175,12 +193,15 @@ class Trainer:
                 remove_temporaries(self.run_dir / "checkpoints")
         if self.run_dir is not None:
             self._describe_run()
-        masks = {t: self.tasks[t].label_mask(y) for t, y in train.targets.items()}
-        complete = {t: bool(m.all()) for t, m in masks.items()}
+        if isinstance(train, BatchPlan):  # label masks of the whole split, once
+            masks = {t: self.tasks[t].label_mask(y) for t, y in train.data.targets.items()}
+            complete = {t: bool(m.all()) for t, m in masks.items()}
         c = self.config
         try:
             while self.epoch < c.epochs and not self.early.should_stop:
-                record = self._train_epoch(train, masks, complete)
+                batches = (self._planned(train, masks, complete) if isinstance(train, BatchPlan)
+                           else self._iterated(train))
+                record = self._train_epoch(batches, train)
                 if val is not None:
                     ev = self.evaluate(val)
                     record["val_loss"], record["val"] = ev["loss"], ev["metrics"]
@@ -203,29 +224,76 @@ class Trainer:
             self.model.load_state_dict(self._best_state)
         return history
 
-    def _train_epoch(self, train: MultiTaskData, masks: Mapping[str, Tensor],
-                     complete: Mapping[str, bool]) -> dict:
+    def _planned(self, plan: BatchPlan, masks: Mapping[str, Tensor],
+                 complete: Mapping[str, bool]) -> tuple[int, Iterator[tuple[Any, dict, dict]]]:
+        """(steps, batches) of an in-memory plan: rows indexed out of its data, masks out of the split's."""
+        c = self.config
+        data, device = plan.data, self.device
+        order = plan.epoch(c.batch_size, epoch_generator(c.seed, self.epoch))  # depends on (seed, epoch) only
+
+        def gen() -> Iterator[tuple[Any, dict, dict]]:
+            for idx in order:
+                yield (index_inputs(data.inputs, idx), {t: y[idx] for t, y in data.targets.items()},
+                       {t: masks[t][idx].to(device) for t in self.tasks if not complete[t]})
+
+        return plan.steps(c.batch_size), gen()
+
+    def _iterated(self, batches: Iterable[Any]) -> tuple[int | None, Iterator[tuple[Any, dict, dict]]]:
+        """(steps if known, batches) of an iterable of (inputs, targets): each batch checked and masked."""
+        for obj in (batches, getattr(batches, "batch_sampler", None), getattr(batches, "sampler", None)):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(self.epoch)
+                break
+        tasks = list(self.tasks.values())
+        try:
+            steps = len(batches)  # type: ignore[arg-type]
+        except TypeError:
+            steps = None
+
+        def gen() -> Iterator[tuple[Any, dict, dict]]:
+            for k, batch in enumerate(batches):
+                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                    raise TypeError(f"training batch {k + 1}: expected (inputs, targets), got "
+                                    f"{type(batch).__name__}; use multitask.data.loading.collate")
+                inputs, targets = batch[0], dict(batch[1])
+                MultiTaskData(inputs, targets).check_tasks(tasks, what=f"training batch {k + 1}")
+                masks = {}
+                for t, task in self.tasks.items():
+                    m = task.label_mask(targets[t])
+                    if not bool(m.all()):
+                        masks[t] = m.to(self.device)
+                yield inputs, targets, masks
+
+        return steps, gen()
+
+    def _train_epoch(self, batches: tuple[int | None, Iterator[tuple[Any, dict, dict]]], train: Any) -> dict:
         c = self.config
         self.model.train()
         self.balancer.train()
-        gen = torch.Generator().manual_seed(c.seed * 1_000_003 + self.epoch)  # order depends on (seed, epoch) only
-        n_batches = math.ceil(len(train) / c.batch_size)
+        n_batches, feed = batches
         step_losses: list[dict[str, Tensor]] = []
+        task_steps = dict.fromkeys(self.tasks, 0)
         skipped_at_start = self.skipped_steps
         start = time.perf_counter()
         bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False,
                    disable=not c.progress, dynamic_ncols=True)
-        for step, (inputs, targets, idx) in enumerate(batches(train, c.batch_size, True, gen)):
+        steps = 0
+        for step, (inputs, targets, batch_masks) in enumerate(feed):
             inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
-            batch_masks = {t: masks[t][idx].to(self.device) for t in self.tasks if not complete[t]}
             skipped = self.skipped_steps
             losses = self.train_step(inputs, targets, batch_masks)
             if self.skipped_steps == skipped:  # a skipped step's losses are not finite: left out of the means
                 step_losses.append(losses)
+                for t, here in self._present.items():
+                    task_steps[t] += here
+            steps += 1
             bar.update()
             if c.progress and step % 25 == 0 and step_losses:
                 bar.set_postfix({t: f"{l.item():.4f}" for t, l in step_losses[-1].items()}, refresh=False)
         bar.close()
+        if steps == 0:
+            raise ValueError(f"epoch {self.epoch + 1}: the training batches are empty (an iterable that can be "
+                             "iterated only once, like a generator, gives nothing the second time)")
         self._check_parameters()
         self.epoch += 1
         return {
@@ -235,6 +303,9 @@ class Trainer:
             "weights": self.balancer.weights(),
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
+            "steps": steps,
+            "steps_per_task": task_steps,  # steps in which the task had labels (and so a loss and a gradient)
+            **(train.log() if isinstance(train, BatchPlan) else {}),
             **({"skipped_steps": self.skipped_steps - skipped_at_start} if c.nonfinite == "skip" else {}),
         }
 
@@ -254,6 +325,7 @@ class Trainer:
             return tasks[t].loss(output, targets[t], m, complete=m is None)
 
         present = {t: True if t not in masks else bool(masks[t].any()) for t in tasks}
+        self._present = present
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         saved = self._buffers_snapshot() if self.config.nonfinite == "skip" else None
@@ -266,10 +338,26 @@ class Trainer:
             self._skip_or_raise(*problem, saved)
             return losses if losses is not None else {t: torch.full((), math.nan) for t in tasks}
         self._skips_in_a_row = 0
+        if not all(present.values()):
+            self._freeze_absent(present)
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         return losses
+
+    def _freeze_absent(self, present: Mapping[str, bool]) -> None:
+        """A task without labels in this batch (e.g. a step drawn from another source) leaves its own
+        parameters as they are: their zero gradients are dropped, so momentum and weight decay do not move them
+        either (the optimiser skips a parameter whose .grad is None)."""
+        if self._own_params is None:
+            try:
+                self._own_params = {t: list(self.model.task_parameters(t)) for t in self.tasks}
+            except NotImplementedError:  # a model that does not say which parameters are a task's own
+                self._own_params = {t: [] for t in self.tasks}
+        for t, here in present.items():
+            if not here:
+                for p in self._own_params[t]:
+                    p.grad = None
 
     # ------------------------------------------------------------------------------------------ non-finite values
     def _nonfinite_problem(self, losses: Mapping[str, Tensor]) -> tuple[str, tuple[str, ...]] | None:
@@ -491,6 +579,9 @@ def format_epoch(record: dict) -> str:
             m, v = next(iter(ms.items()))
             shown.append(f"{t}.{m}={_fmt(v)}")
         parts.append("val " + " ".join(shown))
+    if "steps_per_source" in record:  # tasks from several sources: where the steps went
+        parts.append("steps " + " ".join(f"{s}={n}" for s, n in record["steps_per_source"].items())
+                     + " (tasks " + " ".join(f"{t}={n}" for t, n in record.get("steps_per_task", {}).items()) + ")")
     parts.append(f"{record['seconds']:.1f}s" + (" *" if record.get("best") else ""))
     return " | ".join(parts)
 
