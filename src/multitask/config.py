@@ -49,8 +49,27 @@ class SplitConfig(_Strict):
     column: Optional[str] = None
 
 
+class SourceConfig(_Strict):
+    """One source of `data.name: sources`: a table (see multitask.data.sources)."""
+
+    name: str = "table"
+    path: str
+    targets: dict[str, Any]
+    features: Union[Literal["auto"], list[str]] = "auto"
+    categorical: Optional[list[str]] = None
+    split: Optional[SplitConfig] = None
+    limit: Optional[Int] = Field(None, ge=20)
+
+    @field_validator("name")
+    @classmethod
+    def _a_table(cls, v: str) -> str:
+        if v != "table":
+            raise ValueError(f"a source must be a table (name: table), got {v!r}")
+        return v
+
+
 class DataConfig(_Strict):
-    name: Literal["census-income", "yeast", "table"]
+    name: Literal["census-income", "yeast", "table", "sources"]
     path: Optional[str] = None
     val_fraction: Num = Field(0.1, gt=0, lt=1)
     limit: Optional[Int] = Field(None, ge=20, description="read only the first rows (quick runs, tests)")
@@ -60,6 +79,10 @@ class DataConfig(_Strict):
     features: Union[Literal["auto"], list[str]] = "auto"
     categorical: Optional[list[str]] = None
     split: Optional[SplitConfig] = None
+    # name: sources only (see multitask.data.sources and multitask.data.sampling)
+    sources: Optional[dict[str, SourceConfig]] = None
+    sampling: Optional[Literal["uniform", "proportional", "temperature", "round_robin", "mixed"]] = None
+    temperature: Optional[Num] = Field(None, gt=0, description="sampling: temperature: p ∝ n^(1/temperature)")
 
 
 class TaskConfig(_Strict):
@@ -199,7 +222,9 @@ def validate(raw: Mapping[str, Any], deep: bool = True) -> RunConfig:
         raise ConfigError(_format(e, allowed=allowed)) from None
     _check_named("model", cfg.model, MODELS, model_options_model)
     _check_named("balancer", cfg.balancer, BALANCERS, balancer_options_model)
-    known = list(cfg.data.targets or {}) if cfg.data.name == "table" else DATASET_TASKS[cfg.data.name]
+    known = (list(cfg.data.targets or {}) if cfg.data.name == "table"
+             else [t for s in (cfg.data.sources or {}).values() for t in s.targets] if cfg.data.name == "sources"
+             else DATASET_TASKS[cfg.data.name])
     for t in cfg.tasks or {}:
         if t not in known:
             raise ConfigError(f"tasks.{t}: unknown task for dataset {cfg.data.name!r}; it has: {', '.join(known)}")
@@ -217,6 +242,14 @@ def validate(raw: Mapping[str, Any], deep: bool = True) -> RunConfig:
 
 def planned_tasks(cfg: RunConfig) -> list:
     """The tasks this config trains (the dataset's, narrowed and configured by `tasks:`), without reading data."""
+    if cfg.data.name == "sources":
+        from multitask.data.sources import planned_source_codecs
+
+        try:
+            codecs = planned_source_codecs({n: s.model_dump() for n, s in cfg.data.sources.items()})
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"data.sources: {_reason(e)}") from None
+        return configure_tasks([c.task() for c in codecs], cfg)
     if cfg.data.name == "table":
         from multitask.data.table import planned_codecs
 
@@ -260,8 +293,49 @@ def _check_table(d: DataConfig) -> None:
                           "training rows (they must add up to less than 1)")
 
 
+def _check_sources(d: DataConfig) -> None:
+    """Every source a readable table with targets and a workable split; the same feature columns everywhere;
+    task names unique across sources; the sampling options consistent. Reads only the files' headers."""
+    from multitask.data.sources import check_sources
+
+    if not d.sources:
+        raise ConfigError("data.sources: name at least one source, e.g. {action: {name: table, path: action.csv, "
+                          "targets: {action: multiclass}}}")
+    for option in ("path", "targets", "categorical"):
+        if getattr(d, option) is not None:
+            raise ConfigError(f"data.{option}: with data.name: sources each source sets its own "
+                              f"(data.sources.<name>.{option})")
+    if d.features != "auto":
+        raise ConfigError("data.features: with data.name: sources each source sets its own "
+                          "(data.sources.<name>.features)")
+    if d.temperature is not None and d.sampling != "temperature":
+        raise ConfigError(f"data.temperature: only sampling: temperature uses it (sampling is "
+                          f"{d.sampling or 'proportional'!r})")
+    for name, s in d.sources.items():
+        where = f"data.sources.{name}"
+        if not s.targets:
+            raise ConfigError(f"{where}.targets: name the source's target columns, e.g. {{topic: multiclass}}")
+        p = Path(s.path).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"{where}.path: {s.path} {'is a directory' if p.is_dir() else 'does not exist'}")
+        split = s.split or d.split or SplitConfig()
+        if split.column is None and split.val_fraction + split.test_fraction >= 1:
+            raise ConfigError(f"{where}.split: val_fraction {split.val_fraction:g} + test_fraction "
+                              f"{split.test_fraction:g} leave no training rows (they must add up to less than 1)")
+    try:
+        check_sources({n: s.model_dump() for n, s in d.sources.items()}, d.split.model_dump() if d.split else None)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"data.sources: {_reason(e)}") from None
+
+
 def _check_data(cfg: RunConfig) -> None:
     d = cfg.data
+    if d.name != "sources":
+        for option in ("sources", "sampling", "temperature"):
+            if getattr(d, option) is not None:
+                raise ConfigError(f"data.{option}: only tasks from several sources (data.name: sources) take it")
+    if d.name == "sources":
+        return _check_sources(d)
     if d.name == "table":
         return _check_table(d)
     for option in ("targets", "categorical", "split"):

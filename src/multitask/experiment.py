@@ -29,6 +29,20 @@ from multitask.training.checkpoint import remove_temporaries
 def load_data(cfg: RunConfig) -> DatasetBundle:
     """The configured dataset; a problem in the data itself is a ConfigError naming the dataset."""
     d = cfg.data
+    if d.name == "sources":
+        from multitask.data.sources import load_sources
+
+        try:
+            bundle = load_sources({n: s.model_dump() for n, s in d.sources.items()},
+                                  d.split.model_dump() if d.split else None, d.limit,
+                                  list(cfg.tasks) if cfg.tasks else None, d.sampling or "proportional", d.temperature)
+        except (ValueError, KeyError, TypeError) as e:
+            reason = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+            raise ConfigError(f"data.sources: {' '.join(reason.split())}") from None
+        for note in bundle.info["notes"]:
+            print(f"[multitask] {note}")
+        bundle.tasks = cfgmod.configure_tasks(bundle.tasks, cfg)
+        return bundle
     if d.name == "table":
         from multitask.data.table import load_table
 
@@ -109,7 +123,7 @@ def train_one(cfg: RunConfig, bundle: DatasetBundle, out: Path, resume: bool, mo
     balancer = build_balancer(cfg, bundle.tasks, balancer_name)
     trainer = Trainer(model, bundle.tasks, balancer, trainer_config(cfg), run_dir=out)
     resume = resume and (out / "checkpoints" / "last.pt").exists()
-    history = trainer.fit(bundle.train, bundle.val, resume=resume)
+    history = trainer.fit(bundle.training_data(), bundle.val, resume=resume)
     test = original_units(trainer.evaluate(bundle.test), bundle)
     val = original_units(trainer.evaluate(bundle.val), bundle)
     final = {

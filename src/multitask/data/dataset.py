@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -128,6 +128,12 @@ class DatasetBundle:
     test: MultiTaskData
     preprocessor: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    # how training batches are drawn from `train` (e.g. per source, multitask.data.sampling); None: shuffled
+    plan: Callable[[MultiTaskData], Any] | None = None
+
+    def training_data(self) -> Any:
+        """What `Trainer.fit` trains on: `train` itself, or the batch plan built over it."""
+        return self.train if self.plan is None else self.plan(self.train)
 
     def select_tasks(self, names: Sequence[str]) -> "DatasetBundle":
         known = [t.name for t in self.tasks]
@@ -140,7 +146,7 @@ class DatasetBundle:
             return MultiTaskData(d.inputs, {n: d.targets[n] for n in names})
 
         return DatasetBundle(self.name, keep, sub(self.train), sub(self.val), sub(self.test),
-                             self.preprocessor, self.info)
+                             self.preprocessor, self.info, self.plan)
 
 
 def split_indices(n: int, fractions: Mapping[str, float], seed: int) -> dict[str, Tensor]:

@@ -272,7 +272,7 @@ class Trainer:
         self.balancer.train()
         n_batches, feed = batches
         step_losses: list[dict[str, Tensor]] = []
-        task_steps = dict.fromkeys(self.tasks, 0)
+        absent: list[tuple[int, list[str]]] = []  # (step, tasks without labels in it)
         skipped_at_start = self.skipped_steps
         start = time.perf_counter()
         bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False,
@@ -284,8 +284,8 @@ class Trainer:
             losses = self.train_step(inputs, targets, batch_masks)
             if self.skipped_steps == skipped:  # a skipped step's losses are not finite: left out of the means
                 step_losses.append(losses)
-                for t, here in self._present.items():
-                    task_steps[t] += here
+                if not all(self._present.values()):  # a task without labels in this step: its 0 is no loss
+                    absent.append((len(step_losses) - 1, [t for t, here in self._present.items() if not here]))
             steps += 1
             bar.update()
             if c.progress and step % 25 == 0 and step_losses:
@@ -296,15 +296,19 @@ class Trainer:
                              "iterated only once, like a generator, gives nothing the second time)")
         self._check_parameters()
         self.epoch += 1
+        kept = {t: list(range(len(step_losses))) for t in self.tasks}
+        for k, ts in reversed(absent):
+            for t in ts:
+                kept[t].remove(k)
         return {
             "epoch": self.epoch,
-            "train_loss": {t: float(torch.stack([l[t].detach() for l in step_losses]).mean()) if step_losses
+            "train_loss": {t: float(torch.stack([step_losses[k][t].detach() for k in kept[t]]).mean()) if kept[t]
                            else math.nan for t in self.tasks},
             "weights": self.balancer.weights(),
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
             "steps": steps,
-            "steps_per_task": task_steps,  # steps in which the task had labels (and so a loss and a gradient)
+            "steps_per_task": {t: len(k) for t, k in kept.items()},  # steps with labels (a loss, a gradient)
             **(train.log() if isinstance(train, BatchPlan) else {}),
             **({"skipped_steps": self.skipped_steps - skipped_at_start} if c.nonfinite == "skip" else {}),
         }
