@@ -82,7 +82,12 @@ def check_sources(sources: Mapping[str, Mapping[str, Any]], split: Mapping[str, 
             owner[t] = name
     first, first_cols = None, None
     for name, spec in sources.items():
-        cols = feature_columns(spec["path"], spec, split=split)
+        columns = header(spec["path"])
+        absent = sorted(declared_columns(spec.get("targets") or {}) - set(columns))
+        if absent:
+            raise ValueError(f"source {name!r}: target column(s) {absent} are not in {spec['path']} (it has "
+                             f"{', '.join(columns)})")
+        cols = feature_columns(spec["path"], spec, columns, split)
         if first_cols is None:
             first, first_cols = name, cols
             continue

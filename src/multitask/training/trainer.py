@@ -256,7 +256,11 @@ class Trainer:
                     raise TypeError(f"training batch {k + 1}: expected (inputs, targets), got "
                                     f"{type(batch).__name__}; use multitask.data.loading.collate")
                 inputs, targets = batch[0], dict(batch[1])
-                MultiTaskData(inputs, targets).check_tasks(tasks, what=f"training batch {k + 1}")
+                try:
+                    MultiTaskData(inputs, targets).check_tasks(tasks, what=f"training batch {k + 1}")
+                except (ValueError, TypeError, KeyError) as e:
+                    reason = e.args[0] if isinstance(e, KeyError) and e.args else e
+                    raise type(e)(f"training batch {k + 1}: {reason}") from None
                 masks = {}
                 for t, task in self.tasks.items():
                     m = task.label_mask(targets[t])
