@@ -197,6 +197,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line (exit 2), like every other error of the CLI."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        message = " ".join(message.split())  # an argument holding a newline must not break the one line
         self.exit(2, f"multitask: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
