@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from multitask import HardSharing, InputSchema, MultiTaskData, Task, Trainer
-from multitask.data.loading import EpochBatchSampler, collate
+from multitask.data import EpochBatchSampler, collate
 
 
 class NpyRows(Dataset):

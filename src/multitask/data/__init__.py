@@ -3,6 +3,7 @@ from multitask.data.census import DEFAULT_TASKS as CENSUS_DEFAULT_TASKS
 from multitask.data.census import TASKS as CENSUS_TASKS
 from multitask.data.census import census_tasks, load_census_income
 from multitask.data.dataset import DatasetBundle, MultiTaskData, batches
+from multitask.data.loading import EpochBatchSampler, collate
 from multitask.data.preprocessing import TabularPreprocessor
 from multitask.data.yeast import N_LABELS, load_yeast
 from multitask.tasks import Task
@@ -25,5 +26,5 @@ def dataset_tasks(name: str, names: list[str] | None = None) -> list[Task]:
     return [Task(t, "binary") for t in DATASET_TASKS[name] if t in names]
 
 
-__all__ = ["DatasetBundle", "MultiTaskData", "batches", "TabularPreprocessor", "load_census_income",
+__all__ = ["DatasetBundle", "MultiTaskData", "batches", "collate", "EpochBatchSampler", "TabularPreprocessor", "load_census_income",
            "load_yeast", "DATASETS", "DATASET_TASKS", "DATASET_ROWS", "DEFAULT_TASKS", "dataset_tasks"]
