@@ -378,3 +378,51 @@ def test_tasks_section_can_drop_a_whole_source(tmp_path):
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert record["steps_per_source"] == {"caption": math.ceil(105 / 32)}
     assert [t["name"] for t in json.loads((tmp_path / "run" / "tasks.json").read_text())] == ["topic"]
+
+
+# ------------------------------------------------------------------------------------------ UberNet accumulation
+def test_accumulation_steps_a_part_with_the_sample_weighted_mean_gradient():
+    """Shared and task thresholds of 64 rows with batches of 32: nothing moves after the first step; after
+    the second every part has moved by -lr x the mean of the two batches' gradients (SGD, no momentum)."""
+    tasks, data = synthetic(64)
+    model = _model(tasks, InputSchema(8))
+    start = copy_params(model)
+    tr = Trainer(model, tasks, optimizer="sgd", momentum=0.0, lr=0.1, progress=False,
+                 accumulate_shared=64, accumulate_task=64)
+    halves = [data.subset(torch.arange(0, 32)), data.subset(torch.arange(32, 64))]
+    grads = []
+    for h in halves:  # the gradients of the summed losses (Equal) at the starting weights
+        ref = _model(tasks, InputSchema(8))
+        out = ref(h.inputs)
+        total = sum(t.loss(out[t.name], h.targets[t.name]) for t in tasks)
+        grads.append(torch.autograd.grad(total, list(ref.parameters())))
+    tr.train_step(halves[0].inputs, halves[0].targets)
+    assert all(torch.equal(a, b) for a, b in zip(start, model.parameters()))
+    tr.train_step(halves[1].inputs, halves[1].targets)
+    for p0, p, g1, g2 in zip(start, model.parameters(), *grads):
+        assert torch.allclose(p, p0 - 0.1 * (g1 + g2) / 2, atol=1e-6)
+    assert tr.accumulator.updates == {"shared": 1, "reg": 1, "bin": 1, "cls": 1}
+
+
+def copy_params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_accumulation_counts_each_tasks_own_samples_and_resumes_bit_identically(bundle, tmp_path):
+    sizes = {n: r["train"] for n, r in bundle.info["rows"].items()}
+
+    def trainer(run_dir, epochs):
+        return Trainer(_model(bundle.tasks, bundle.preprocessor.schema), bundle.tasks, epochs=epochs, batch_size=32,
+                       progress=False, run_dir=run_dir, accumulate_shared=32, accumulate_task=64)
+
+    history = trainer(tmp_path / "straight", 3).fit(SourceBatches(bundle.train, sizes, "round_robin"))
+    # 10 steps a epoch, 5 per source; action's batches hold 32 rows, caption's 32, 32, 32, 9, 32: each task
+    # steps every 64 of its labelled rows (twice), the shared part every 32 rows (not after the 9-row batch)
+    assert history[0]["updates_per_part"] == {"shared": 9, "action": 2, "topic": 2, "length": 2}
+    trainer(tmp_path / "resumed", 1).fit(SourceBatches(bundle.train, sizes, "round_robin"))
+    resumed = trainer(tmp_path / "resumed", 3).fit(SourceBatches(bundle.train, sizes, "round_robin"), resume=True)
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["accumulator"]["counts"] == b["accumulator"]["counts"]
+    assert [r["updates_per_part"] for r in resumed] == [r["updates_per_part"] for r in history]

@@ -121,6 +121,8 @@ class TrainerSection(_Strict):
     progress: bool = True
     nonfinite: Literal["raise", "skip"] = "raise"
     max_skips: Int = Field(10, ge=1, description="with nonfinite: skip, stop after this many skipped steps in a row")
+    accumulate_shared: Optional[Int] = Field(None, ge=1, description="UberNet accumulation: rows per shared step")
+    accumulate_task: Optional[Int] = Field(None, ge=1, description="UberNet accumulation: labelled rows per task step")
 
 
 class RunConfig(_Strict):

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from multitask import autograd
 from multitask.balancing import Balancer, Equal
-from multitask.data.dataset import MultiTaskData, index_inputs, to_device
+from multitask.data.dataset import MultiTaskData, index_inputs, n_rows, to_device
 from multitask.data.sampling import BatchPlan, ShuffledBatches, epoch_generator
 from multitask.errors import NonFiniteError
 from multitask.jsonio import nulls_to_nan, to_json, write_json, write_text_atomic
@@ -31,6 +31,7 @@ from multitask.models.base import MultiTaskModel
 from multitask.tasks import Task, check_unique
 from multitask.training.checkpoint import (NEXT_BEST, load_run_state, load_weights, remove_temporaries,
                                            resolve_best, save_atomic)
+from multitask.training.accumulation import PartAccumulator
 from multitask.training.early_stopping import EarlyStopping
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -62,6 +63,11 @@ class TrainerConfig:
     progress: bool = True
     nonfinite: str = "raise"        # a NaN/inf loss or gradient: "raise" (stop, naming task and step) or "skip"
     max_skips: int = 10             # with "skip": stop after this many skipped steps in a row
+    # UberNet-style accumulation (multitask.training.accumulation): the shared parameters step once they have
+    # seen `accumulate_shared` rows, each task's own parameters once `accumulate_task` of its labelled rows;
+    # None for both: every part steps every step (the default). One of them alone sets both.
+    accumulate_shared: int | None = None
+    accumulate_task: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -70,6 +76,10 @@ class TrainerConfig:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {self.nonfinite!r}")
+        for name in ("accumulate_shared", "accumulate_task"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be None or an integer >= 1, got {v!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "step_size", "max_skips"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -125,6 +135,11 @@ class Trainer:
         self._best_state: dict[str, Tensor] | None = None
         self._present: dict[str, bool] = {}  # which tasks had labels in the last step
         self._own_params: dict[str, list[torch.nn.Parameter]] | None = None
+        c = self.config
+        self.accumulator: PartAccumulator | None = None
+        if c.accumulate_shared is not None or c.accumulate_task is not None:
+            self.accumulator = PartAccumulator(self.model, list(self.tasks), c.accumulate_shared or c.accumulate_task,
+                                               c.accumulate_task or c.accumulate_shared)
 
     # ------------------------------------------------------------------------------------------ set-up
     def _monitor_direction(self, monitor: str) -> bool:
@@ -278,6 +293,7 @@ class Trainer:
         step_losses: list[dict[str, Tensor]] = []
         absent: list[tuple[int, list[str]]] = []  # (step, tasks without labels in it)
         skipped_at_start = self.skipped_steps
+        updates_at_start = dict(self.accumulator.updates) if self.accumulator is not None else {}
         start = time.perf_counter()
         bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False,
                    disable=not c.progress, dynamic_ncols=True)
@@ -314,6 +330,8 @@ class Trainer:
             "steps": steps,
             "steps_per_task": {t: len(k) for t, k in kept.items()},  # steps with labels (a loss, a gradient)
             **(train.log() if isinstance(train, BatchPlan) else {}),
+            **({"updates_per_part": {p: n - updates_at_start[p] for p, n in self.accumulator.updates.items()}}
+               if self.accumulator is not None else {}),
             **({"skipped_steps": self.skipped_steps - skipped_at_start} if c.nonfinite == "skip" else {}),
         }
 
@@ -348,6 +366,9 @@ class Trainer:
         self._skips_in_a_row = 0
         if not all(present.values()):
             self._freeze_absent(present)
+        if self.accumulator is not None:  # only the parts that reached their sample count keep a .grad
+            rows = n_rows(inputs)
+            self.accumulator.add(rows, {t: rows if masks.get(t) is None else int(masks[t].sum()) for t in tasks})
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
@@ -479,6 +500,7 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "config": asdict(self.config),
+            **({"accumulator": self.accumulator.state_dict()} if self.accumulator is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -494,6 +516,8 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.global_step = int(state.get("global_step", 0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        if self.accumulator is not None and state.get("accumulator") is not None:
+            self.accumulator.load_state_dict(state["accumulator"])
         if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             self.scheduler.T_max = self.config.epochs  # `epochs` may grow on resume: anneal over the new total
 
