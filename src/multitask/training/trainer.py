@@ -291,7 +291,7 @@ class Trainer:
         self.balancer.train()
         n_batches, feed = batches
         step_losses: list[dict[str, Tensor]] = []
-        absent: list[tuple[int, list[str]]] = []  # (step, tasks without labels in it)
+        absent: dict[str, set[int]] = {t: set() for t in self.tasks}  # steps without labels, per task
         skipped_at_start = self.skipped_steps
         updates_at_start = dict(self.accumulator.updates) if self.accumulator is not None else {}
         start = time.perf_counter()
@@ -305,21 +305,22 @@ class Trainer:
             if self.skipped_steps == skipped:  # a skipped step's losses are not finite: left out of the means
                 step_losses.append(losses)
                 if not all(self._present.values()):  # a task without labels in this step: its 0 is no loss
-                    absent.append((len(step_losses) - 1, [t for t, here in self._present.items() if not here]))
+                    for t, here in self._present.items():
+                        if not here:
+                            absent[t].add(len(step_losses) - 1)
             steps += 1
             bar.update()
             if c.progress and step % 25 == 0 and step_losses:
-                bar.set_postfix({t: f"{l.item():.4f}" for t, l in step_losses[-1].items()}, refresh=False)
+                bar.set_postfix({t: f"{l.item():.4f}" for t, l in step_losses[-1].items()
+                                 if self._present.get(t, True)}, refresh=False)
         bar.close()
         if steps == 0:
             raise ValueError(f"epoch {self.epoch + 1}: the training batches are empty (an iterable that can be "
                              "iterated only once, like a generator, gives nothing the second time)")
         self._check_parameters()
         self.epoch += 1
-        kept = {t: list(range(len(step_losses))) for t in self.tasks}
-        for k, ts in reversed(absent):
-            for t in ts:
-                kept[t].remove(k)
+        kept = {t: [k for k in range(len(step_losses)) if k not in absent[t]] if absent[t]
+                else range(len(step_losses)) for t in self.tasks}
         return {
             "epoch": self.epoch,
             "train_loss": {t: float(torch.stack([step_losses[k][t].detach() for k in kept[t]]).mean()) if kept[t]
