@@ -339,7 +339,8 @@ def _bad(edit):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda r, f: r["data"].update(sampling="random"), "data.sampling: Input should be 'uniform'"),
-    (lambda r, f: r["data"].update(sampling="temperature", temperature=0), "data.temperature: Input should be greater than 0"),
+    (lambda r, f: r["data"].update(sampling="temperature", temperature=0),
+     "data.temperature: Input should be greater than 0"),
     (lambda r, f: r["data"].update(temperature=2), "data.temperature: only sampling: temperature uses it"),
     (lambda r, f: r["data"]["sources"]["action"].update(name="yeast"),
      "data.sources.action.name: a source must be a table (name: table), got 'yeast'"),
