@@ -77,13 +77,14 @@ def read_images(df: pd.DataFrame, column: str, base_dir: Path, height: int, widt
                 source: str) -> torch.Tensor:
     """uint8 [N, C, H, W] of every row's image; every path is checked before any image is decoded, so a
     missing file is reported at once; errors name `source`, the row and the column."""
+    prefix = f"{source}, " if source else ""
     if column not in df.columns:
-        raise ValueError(f"{source}: image column {column!r} is not in the table; it has "
+        raise ValueError(f"{prefix}image column {column!r} is not in the table; it has "
                          f"{', '.join(map(str, df.columns[:12]))}")
-    paths = [resolve(v, base_dir, f"{source}, row {i + 1}, column {column!r}") for i, v in enumerate(df[column])]
+    paths = [resolve(v, base_dir, f"{prefix}row {i + 1}, column {column!r}") for i, v in enumerate(df[column])]
     out = np.empty((len(paths), channels, height, width), dtype=np.uint8)
     for i, p in enumerate(paths):
-        out[i] = read_image(p, height, width, channels, f"{source}, row {i + 1}, column {column!r}")
+        out[i] = read_image(p, height, width, channels, f"{prefix}row {i + 1}, column {column!r}")
     return torch.from_numpy(out)
 
 
@@ -115,7 +116,7 @@ class ImagePreprocessor:
     base_dir: Path = Path(".")  # where relative image paths start (the table's folder); not saved
     kind = "image"
 
-    def transform(self, df: pd.DataFrame, source: str = "input") -> torch.Tensor:
+    def transform(self, df: pd.DataFrame, source: str = "") -> torch.Tensor:
         """uint8 [N, C, H, W] of the images `df[image_column]` names."""
         return read_images(df, self.image_column, self.base_dir, self.height, self.width, self.channels, source)
 
