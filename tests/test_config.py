@@ -25,7 +25,7 @@ def _write(tmp_path, raw):
     ({"trainer": {"epochs": 0}}, "trainer.epochs: Input should be greater than or equal to 1"),
     ({"trainer": {"optimizer": "adagrad"}}, "trainer.optimizer: Input should be 'adam', 'adamw' or 'sgd'"),
     ({"trainer": {"lr": "fast"}}, "trainer.lr: Input should be a valid number"),
-    ({"data": {"name": "imagenet"}}, "data.name: Input should be 'census-income', 'yeast' or 'table'"),
+    ({"data": {"name": "imagenet"}}, "data.name: Input should be 'census-income', 'yeast', 'table' or 'multi-fashion'"),
     ({"data": {"name": "yeast", "val_fraction": 1.5}}, "data.val_fraction: Input should be less than 1"),
     ({"tasks": {"class99": {}}}, "tasks.class99: unknown task for dataset 'yeast'; it has: class1, class2"),
     ({"trainer": {"monitor": "nope.auc"}}, "trainer.monitor"),

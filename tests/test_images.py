@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image as PIL  # the `images` extra; `make test` installs it
 
 from multitask import experiment
 from multitask.cli import main
@@ -21,7 +22,6 @@ from multitask.data.multi_fashion import CANVAS, CENTRE, ITEM, MAX_SHIFT, compos
 from multitask.models import HardSharing, ImageSpec, Independent, MMoE, build_model
 from multitask.tasks import Task
 
-PIL = pytest.importorskip("PIL.Image")
 
 
 # ------------------------------------------------------------------------------------------ generated data
@@ -211,6 +211,15 @@ def test_multi_fashion_through_the_cli(fashion, tmp_path, capsys):
     assert set(final["test"]) == {"left", "right"} and final["dataset"] == "multi-fashion"
     assert main(["evaluate", str(tmp_path / "run")]) == 0
     assert "left" in capsys.readouterr().out
+    # predict reads 36x36 composites saved as PNG files, named in the column `image`
+    test = load_multi_fashion(fashion, limit=60).test
+    for i in range(3):
+        PIL.fromarray(test.inputs[i, 0].numpy(), "L").save(tmp_path / f"{i}.png")
+    pd.DataFrame({"image": [f"{i}.png" for i in range(3)]}).to_csv(tmp_path / "in.csv", index=False)
+    assert main(["predict", str(tmp_path / "run"), "--input", str(tmp_path / "in.csv"),
+                 "--output", str(tmp_path / "out.csv")]) == 0
+    pred = pd.read_csv(tmp_path / "out.csv")
+    assert len(pred) == 3 and {"left", "right", "left_p0", "right_p9"} <= set(pred.columns)
 
 
 # ------------------------------------------------------------------------------------------ bad inputs
