@@ -27,7 +27,10 @@ class InstallError(FileNotFoundError):
 
 
 def _has_files(folder: Path) -> bool:
-    return all((folder / f).is_file() for f in FASHION_FILES)
+    try:
+        return all((folder / f).is_file() for f in FASHION_FILES)
+    except OSError:  # a folder this user may not look into
+        return False
 
 
 def _how_to(dest: Path) -> str:
@@ -70,7 +73,16 @@ def _extract_deb(deb: Path, into: Path) -> None:
         raise ValueError(f"{deb} has no data.tar member")
     try:
         with tarfile.open(fileobj=io.BytesIO(members[data])) as tar:
-            tar.extractall(into, filter="data")
+            for member in tar:  # regular files only, and only below `into` (no links, no ../ paths)
+                name = os.path.normpath(member.name)
+                if not member.isfile() or name.startswith("..") or os.path.isabs(name):
+                    continue
+                target = into / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(member)
+                assert src is not None
+                with open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
         return
     except tarfile.TarError:  # e.g. data.tar.zst, which tarfile cannot read
         if shutil.which("dpkg-deb") is None:
@@ -103,8 +115,12 @@ def install_fashion_mnist(dest: Path | None = None) -> Path:
         src = Path(tmp) / "root" / FASHION_DIR_IN_PACKAGE
         if not _has_files(src):
             raise InstallError(f"{debs[0].name} does not hold {', '.join(FASHION_FILES)} in /{FASHION_DIR_IN_PACKAGE}")
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in FASHION_FILES:
-            shutil.copyfile(src / f, dest / (f + ".part"))
-            os.replace(dest / (f + ".part"), dest / f)  # never a half-written file under the real name
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in FASHION_FILES:
+                shutil.copyfile(src / f, dest / (f + ".part"))
+                os.replace(dest / (f + ".part"), dest / f)  # never a half-written file under the real name
+        except OSError as e:
+            raise InstallError(f"cannot write the Fashion-MNIST files to {dest} ({e.strerror}); set "
+                               "MULTITASK_DATA to a folder you can write to") from None
     return dest
