@@ -112,6 +112,23 @@ def test_models_build_on_an_image_spec(name):
     assert not (per_task[0] & per_task[1]) and (name == "independent") == (not shared)
 
 
+@pytest.mark.parametrize("balancer", [{"name": "mgda", "mode": "features"}, {"name": "mgda", "mode": "parameters"},
+                                      {"name": "uncertainty"}])
+def test_gradient_balancing_trains_the_conv_models(fashion, balancer):
+    from multitask.balancing import BALANCERS
+    from multitask.training import Trainer
+
+    data = load_multi_fashion(fashion, limit=40)
+    model = HardSharing.image(data.tasks, data.preprocessor.schema, conv_channels=(4, 8), hidden=(16,))
+    before = [p.detach().clone() for p in model.trunk.parameters()]
+    options = {k: v for k, v in balancer.items() if k != "name"}
+    trainer = Trainer(model, data.tasks, BALANCERS[balancer["name"]](data.tasks, **options), epochs=1,
+                      batch_size=16, progress=False)
+    trainer.fit(data.train)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.trunk.parameters()))  # the trunk learned
+    assert set(trainer.evaluate(data.test)["metrics"]) == {"left", "right"}
+
+
 def test_conv_trunk_refuses_images_too_small():
     with pytest.raises(ValueError, match="image size 8x8 is too small"):
         HardSharing.image([Task("a", "binary")], ImageSpec(1, 8, 8))

@@ -14,14 +14,14 @@ from typing import Any
 import torch
 
 from multitask import config as cfgmod
+from multitask import models
 from multitask.balancing import BALANCERS, Balancer
 from multitask.config import ConfigError, RunConfig
 from multitask.data import DATASETS, DatasetBundle
+from multitask.data.images import ImagePreprocessor, load_preprocessor
 from multitask.data.preprocessing import TabularPreprocessor
 from multitask.jsonio import nulls_to_nan, write_json, write_text_atomic
 from multitask.metrics import delta_m, delta_m_terms
-from multitask import models
-from multitask.data.images import ImagePreprocessor, load_preprocessor
 from multitask.models import ImageSpec, InputSchema, MultiTaskModel
 from multitask.tasks import Task
 from multitask.training import Trainer, TrainerConfig, read_metrics
