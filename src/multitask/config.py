@@ -167,11 +167,15 @@ def _check_model(cfg: RunConfig) -> None:
     if cfg.model.name in MODELS:
         other = "table" if kind == "image" else "image"
         try:
-            mine, theirs = model_options_model(cfg.model.name, kind), model_options_model(cfg.model.name, other)
-        except ValueError as e:
+            mine = model_options_model(cfg.model.name, kind)
+        except ValueError as e:  # a registered model without a builder for this kind of input
             raise ConfigError(f"model: {e}") from None
+        try:
+            theirs = model_options_model(cfg.model.name, other).model_fields
+        except ValueError:
+            theirs = {}
         for option in cfg.model.options:
-            if option not in mine.model_fields and option in theirs.model_fields:
+            if option not in mine.model_fields and option in theirs:
                 raise ConfigError(f"model.{option}: applies to {other} inputs only; {cfg.model.name} on {kind} "
                                   f"inputs takes: {', '.join(mine.model_fields)}")
     _check_named("model", cfg.model, MODELS, lambda name: model_options_model(name, kind))
