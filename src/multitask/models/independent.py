@@ -6,6 +6,7 @@ from typing import Callable, Iterator, Sequence
 from torch import Tensor, nn
 
 from multitask.models.base import Inputs, MultiTaskModel
+from multitask.models.conv import ConvTrunk, ImageSpec
 from multitask.models.layers import InputSchema, TabularMLP, mlp
 from multitask.tasks import Task
 
@@ -25,6 +26,19 @@ class Independent(MultiTaskModel):
 
         def make(task: Task) -> nn.Module:
             trunk = TabularMLP(schema, hidden, embedding_dim, dropout)
+            return nn.Sequential(trunk, mlp(trunk.out_dim, head_hidden, task.out_dim, dropout=dropout,
+                                            option="head_hidden"))
+
+        return cls(tasks, make)
+
+    @classmethod
+    def image(cls, tasks: Sequence[Task], spec: ImageSpec, conv_channels: Sequence[int] = (10, 20),
+              kernel_size: int = 5, hidden: Sequence[int] = (50,), head_hidden: Sequence[int] = (50,),
+              dropout: float = 0.0) -> "Independent":
+        """Per task: the same layers as `HardSharing.image`, but not shared."""
+
+        def make(task: Task) -> nn.Module:
+            trunk = ConvTrunk(spec, conv_channels, kernel_size, hidden, dropout)
             return nn.Sequential(trunk, mlp(trunk.out_dim, head_hidden, task.out_dim, dropout=dropout,
                                             option="head_hidden"))
 

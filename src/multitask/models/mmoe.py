@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from multitask.models.base import Inputs, MultiTaskModel
+from multitask.models.conv import ConvFeatures, ImageSpec
 from multitask.models.layers import InputSchema, TabularEncoder, mlp, mlp_out_dim
 from multitask.tasks import Task
 
@@ -44,6 +45,15 @@ class MMoE(MultiTaskModel):
                 expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (32,),
                 embedding_dim: int = 8, dropout: float = 0.0) -> "MMoE":
         encoder = TabularEncoder(schema, embedding_dim)
+        return cls(tasks, encoder, encoder.out_dim, n_experts, expert_hidden, tower_hidden, dropout)
+
+    @classmethod
+    def image(cls, tasks: Sequence[Task], spec: ImageSpec, conv_channels: Sequence[int] = (10, 20),
+              kernel_size: int = 5, n_experts: int = 4, expert_hidden: Sequence[int] = (50,),
+              tower_hidden: Sequence[int] = (50,), dropout: float = 0.0) -> "MMoE":
+        """Shared conv layers (the LeNet trunk without its fully connected layer) as the encoder; experts,
+        gates and towers read its flattened features."""
+        encoder = ConvFeatures(spec, conv_channels, kernel_size)
         return cls(tasks, encoder, encoder.out_dim, n_experts, expert_hidden, tower_hidden, dropout)
 
     def shared(self, inputs: Inputs) -> tuple[Tensor, Tensor]:
