@@ -40,7 +40,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _show_recorded(run_dir, args)
     cfg, tasks, pre, trainer, used = experiment.load_run(run_dir, args.checkpoint)
     bundle = experiment.load_data(cfg)
-    result = experiment.original_units(trainer.evaluate(getattr(bundle, args.split)), bundle)
+    result = trainer.evaluate(getattr(bundle, args.split))
     final = experiment.read_final(run_dir / "final.json") if (run_dir / "final.json").exists() else {}
     shown = {**final, args.split: result["metrics"], "test": result["metrics"], "delta_m": None}
     baseline = nulls_to_nan((final.get("baseline") or {}).get(args.split) or {})

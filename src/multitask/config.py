@@ -230,7 +230,7 @@ def planned_tasks(cfg: RunConfig) -> list:
 
 def configure_tasks(tasks: list, cfg: RunConfig) -> list:
     """`tasks` narrowed to those the `tasks:` section names (all when it is absent), with their options."""
-    from multitask.tasks import Task
+    import dataclasses
 
     if cfg.tasks is None:
         return list(tasks)
@@ -240,7 +240,7 @@ def configure_tasks(tasks: list, cfg: RunConfig) -> list:
         if tc is None:
             continue
         try:
-            out.append(Task(t.name, t.kind, t.n_outputs, tc.importance, tc.metrics or t.metrics))
+            out.append(dataclasses.replace(t, importance=tc.importance, metrics=tc.metrics or t.metrics))
         except (ValueError, TypeError) as e:
             raise ConfigError(f"tasks.{t.name}: {e}") from None
     return out
