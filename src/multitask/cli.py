@@ -128,9 +128,11 @@ def _predict(args: argparse.Namespace) -> int:
         if t not in names:
             raise ConfigError(f"--tasks: unknown task {t!r}; this run has {', '.join(names)}")
     try:
-        inputs = pre.transform(df)
+        inputs, seen = pre.transform_with_report(df)
     except (KeyError, ValueError, TypeError) as e:
         raise ConfigError(f"--input {args.input}: {e.args[0] if e.args else e}") from None
+    for line in seen.lines():  # unseen categories, numbers far outside the training range
+        print(f"multitask: warning: --input {args.input}: {line}", file=sys.stderr)
     preds = trainer.predict(inputs, wanted)
     codecs_file = Path(args.run_dir) / "targets.json"
     if codecs_file.exists():  # a user's table: labels and values in the table's own terms

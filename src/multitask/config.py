@@ -60,6 +60,7 @@ class DataConfig(_Strict):
     features: Union[Literal["auto"], list[str]] = "auto"
     categorical: Optional[list[str]] = None
     split: Optional[SplitConfig] = None
+    missing_indicator: bool = Field(False, description="table: a 0/1 column per numeric feature with missing values")
 
 
 class TaskConfig(_Strict):
@@ -269,6 +270,8 @@ def _check_data(cfg: RunConfig) -> None:
             raise ConfigError(f"data.{option}: only a table (data.name: table) takes it")
     if d.features != "auto":
         raise ConfigError("data.features: only a table (data.name: table) takes it")
+    if d.missing_indicator:
+        raise ConfigError("data.missing_indicator: only a table (data.name: table) takes it")
     if d.path is not None:
         if not Path(d.path).expanduser().exists():
             raise ConfigError(f"data.path: {d.path} does not exist")

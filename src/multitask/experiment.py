@@ -34,7 +34,7 @@ def load_data(cfg: RunConfig) -> DatasetBundle:
 
         try:
             bundle = load_table(d.path, d.targets, d.features, d.categorical,
-                                (d.split.model_dump() if d.split else None), d.limit)
+                                (d.split.model_dump() if d.split else None), d.limit, d.missing_indicator)
         except (ValueError, KeyError, TypeError) as e:
             reason = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
             raise ConfigError(f"data: {' '.join(reason.split())}") from None

@@ -176,6 +176,14 @@ def bundle_from_frame(df: pd.DataFrame, targets: dict[str, Any], features: str |
     split = dict(split or {})
     if not isinstance(targets, dict) or not targets:
         raise ValueError(f"{path}: name the target columns, e.g. targets={{'species': 'multiclass'}}")
+    if len(df) == 0:
+        raise ValueError(f"{path} has no rows")
+    odd = [c for c in df.columns if not isinstance(c, str)]
+    if odd:
+        raise ValueError(f"{path}: column names must be text, got {odd[:5]} (df.columns = df.columns.astype(str))")
+    duplicated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if duplicated:
+        raise ValueError(f"{path}: duplicate column name(s) {duplicated}")
     codecs, notes = codecs_for(df, targets)
     used = target_columns(codecs) | ({split["column"]} if split.get("column") else set())
     if features == "auto":
