@@ -231,3 +231,24 @@ def test_blank_led_text_falls_back_to_pandas(tmp_path):
     path.write_text("a, b,y\n1, x,p\n2, z,q\n3, x,p\n")
     df = table.read_table(path)
     assert list(df.columns) == ["a", "b", "y"] and df["b"].tolist() == ["x", "z", "x"]  # pandas skipinitialspace
+
+
+@pytest.mark.parametrize("tail", ["", "\n7.5,2.5,False,c,p,0.25\n", '\n1.0,3,True,"q, r",p,0.5\n'])
+def test_reading_in_pieces_matches_pandas(tmp_path, monkeypatch, tail):
+    """A CSV is parsed in pieces cut at line ends (here 500 bytes); a later row that does not fit the types of
+    the first rows (a float in an integer column) or a quoted cell sends the file to pandas: same frame."""
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "m.csv"
+    _messy(300, seed=2).to_csv(path, index=False, float_format="%.6f")
+    with open(path, "a") as f:
+        f.write(tail.lstrip("\n"))
+    monkeypatch.setattr(table, "PIECE", 500)
+    pieces = []
+    real = table._csv_pieces
+    monkeypatch.setattr(table, "_csv_pieces", lambda *a: pieces.append(real(*a)) or pieces[-1])
+    fast = table.read_table(path)
+    assert (pieces[0] is not None and pieces[0].num_rows == 300) if not tail else True
+    assert (pieces[0] is None) if '"' in tail else True  # a quote: no cutting
+    slow = pd.read_csv(path, skipinitialspace=True)
+    assert list(fast.dtypes.astype(str)) == list(slow.dtypes.astype(str))
+    pd.testing.assert_frame_equal(fast, slow, check_dtype=False)

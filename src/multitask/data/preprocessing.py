@@ -157,7 +157,7 @@ class TabularPreprocessor:
                 for j, (c, src) in enumerate(zip(self.numeric, sources)):
                     # float32 columns are standardised in float32 (the output's precision), others in float64
                     work = src.dtype if src.dtype == np.float32 else np.dtype(np.float64)
-                    mean, inv = work.type(self.means[c]), work.type(1.0 / self.stds[c])
+                    mean, std = work.type(self.means[c]), work.type(self.stds[c])
                     col = src[idx].astype(work, copy=isinstance(idx, slice))  # this block's own copy
                     if report_far and c in self.mins:
                         margin = FAR_STDS * self.stds[c]
@@ -166,7 +166,7 @@ class TabularPreprocessor:
                             report.far[c] = report.far.get(c, 0) + k
                     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below
                         col -= mean
-                        col *= inv
+                        col /= std
                     missing = np.isnan(col)
                     if c in slots:
                         num[a:b, slots[c]] = missing

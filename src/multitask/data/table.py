@@ -26,6 +26,7 @@ from multitask.data.preprocessing import TabularPreprocessor
 from multitask.data.targets import TargetCodec, codecs_for, target_columns
 
 SPLIT_VALUES = ("train", "val", "test")
+PIECE = 64 << 20  # bytes of CSV handed to pyarrow at a time: its buffers stay small, its threads stay busy
 
 
 # pandas.read_csv's default missing-value markers: the fast reader is given the same list
@@ -34,8 +35,8 @@ NULL_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-n
 
 
 def _arrow_pool():  # noqa: ANN202  (a pyarrow MemoryPool)
-    """jemalloc told to hand freed memory back at once (the reader's block buffers would otherwise stay in
-    the process's resident memory); the default pool where jemalloc is not built in."""
+    """jemalloc told to hand freed memory back at once (the reader's buffers would otherwise stay in the
+    process's resident memory); the default pool where jemalloc is not built in."""
     import pyarrow as pa
 
     try:
@@ -46,12 +47,25 @@ def _arrow_pool():  # noqa: ANN202  (a pyarrow MemoryPool)
         return pa.default_memory_pool()
 
 
-def _arrow_csv(p: Path, sep: str, columns: Sequence[str] | None, keep_float64: Collection[str]
-               ) -> pd.DataFrame | None:
+def _to_pandas(table: Any, keep_float64: Collection[str], pool: Any) -> pd.DataFrame:
+    """An arrow table as the DataFrame pandas' own reader would give, float columns not in `keep_float64` as
+    float32 (cast one column at a time), the table's memory freed as it is converted."""
+    import pyarrow as pa
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_floating(f.type) and f.type != pa.float32() and f.name not in keep_float64:
+            table = table.set_column(i, f.name, table.column(i).cast(pa.float32(), memory_pool=pool))
+    return table.to_pandas(split_blocks=True, self_destruct=True, memory_pool=pool)
+
+
+def _arrow_csv(p: Path, sep: str, header: list[str], columns: Sequence[str] | None,
+               keep_float64: Collection[str]) -> pd.DataFrame | None:
     """The table read by pyarrow's multithreaded CSV reader, as the DataFrame `pandas.read_csv` would give
     (except that float columns not in `keep_float64` are float32, half the memory), or None, and pandas reads
     it, when pyarrow is missing, fails, or meets what the two readers treat differently: dates and times, text
-    with leading blanks (pandas is told to skip them)."""
+    with leading blanks (pandas is told to skip them). A file without quotes is handed over in pieces of
+    `PIECE` bytes cut at line ends, with the column types of its first rows (a later row that does not fit
+    them is a failure: pandas reads the file)."""
     try:
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -65,10 +79,15 @@ def _arrow_csv(p: Path, sep: str, columns: Sequence[str] | None, keep_float64: C
     try:
         with pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=1 << 20), parse_options=parse,
                             convert_options=pacsv.ConvertOptions(**convert), memory_pool=pool) as first:
-            sniffed = first.schema  # the types of the first rows: which columns are floats
-        float32 = {f.name: pa.float32() for f in sniffed if pa.types.is_floating(f.type) and f.name not in keep_float64}
-        table = pacsv.read_csv(p, parse_options=parse, convert_options=pacsv.ConvertOptions(
-            column_types=float32, **convert), memory_pool=pool)
+            sniffed = first.schema  # the types of the first rows
+        types = {f.name: (pa.float32() if pa.types.is_floating(f.type) and f.name not in keep_float64 else f.type)
+                 for f in sniffed}
+        table = None
+        if not any(pa.types.is_null(t) for t in types.values()):
+            table = _csv_pieces(p, header, parse, pacsv.ConvertOptions(column_types=types, **convert), pool)
+        if table is None:
+            table = pacsv.read_csv(p, parse_options=parse, convert_options=pacsv.ConvertOptions(
+                column_types={k: t for k, t in types.items() if t == pa.float32()}, **convert), memory_pool=pool)
     except (pa.ArrowException, OSError, ValueError):  # a malformed row, text in a float column...: pandas says
         return None
     for i, f in enumerate(table.schema):
@@ -81,7 +100,32 @@ def _arrow_csv(p: Path, sep: str, columns: Sequence[str] | None, keep_float64: C
                 return None
         elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
             return None
-    return table.to_pandas(split_blocks=True, self_destruct=True, memory_pool=pool)
+    return _to_pandas(table, keep_float64, pool)
+
+
+def _csv_pieces(p: Path, header: list[str], parse: Any, convert: Any, pool: Any) -> Any:
+    """The CSV read in pieces of about `PIECE` bytes, cut at line ends, as one arrow table; None when a piece
+    holds a quote (a quoted cell may span lines, so a cut could split it)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    read = pacsv.ReadOptions(column_names=header)
+    pieces = []
+    with open(p, "rb") as f:
+        f.readline()  # the header, already parsed
+        while True:
+            chunk = f.read(PIECE)
+            if not chunk:
+                break
+            chunk += f.readline()  # up to the end of the line
+            if b'"' in chunk:
+                return None
+            pieces.append(pacsv.read_csv(pa.py_buffer(chunk), read_options=read, parse_options=parse,
+                                         convert_options=convert, memory_pool=pool))
+            del chunk
+    if not pieces:
+        return None
+    return pa.concat_tables(pieces)
 
 
 def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: int | None = None,
@@ -99,7 +143,14 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: in
     suffix = p.suffix.lower()
     if suffix == ".parquet":
         try:
-            df = pd.read_parquet(p, columns=list(columns) if columns else None)
+            if keep_float64 is None:
+                df = pd.read_parquet(p, columns=list(columns) if columns else None)
+            else:  # read by pyarrow into a pool that frees at once, float features cast to float32
+                import pyarrow.parquet as pq
+
+                pool = _arrow_pool()
+                df = _to_pandas(pq.read_table(p, columns=list(columns) if columns else None, memory_pool=pool),
+                                keep_float64, pool)
         except ImportError:
             raise ValueError(f"{p}: reading Parquet needs pyarrow (pip install pyarrow)") from None
         except Exception as e:  # pyarrow's own errors for a damaged file
@@ -120,7 +171,7 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: in
         raise ValueError(f"{p}: duplicate column name(s) {duplicated}")
     df = None
     if limit is None and all(c == c.strip() for c in header) and (not columns or set(columns) <= set(header)):
-        df = _arrow_csv(p, sep, [c for c in header if c in columns] if columns else None,
+        df = _arrow_csv(p, sep, header, [c for c in header if c in columns] if columns else None,
                         set(header) if keep_float64 is None else set(keep_float64))
     if df is None:
         try:
