@@ -77,7 +77,7 @@ def _arrow_csv(p: Path, sep: str, header: list[str], columns: Sequence[str] | No
     convert = dict(include_columns=columns, null_values=NULL_VALUES, strings_can_be_null=True,
                    quoted_strings_can_be_null=True, timestamp_parsers=[])
     try:
-        with pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=1 << 20), parse_options=parse,
+        with pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=min(1 << 20, PIECE)), parse_options=parse,
                             convert_options=pacsv.ConvertOptions(**convert), memory_pool=pool) as first:
             sniffed = first.schema  # the types of the first rows
         types = {f.name: (pa.float32() if pa.types.is_floating(f.type) and f.name not in keep_float64 else f.type)
