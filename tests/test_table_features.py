@@ -258,3 +258,21 @@ def test_reading_in_pieces_matches_pandas(tmp_path, monkeypatch, tail):
     slow = pd.read_csv(path, skipinitialspace=True)
     assert list(fast.dtypes.astype(str)) == list(slow.dtypes.astype(str))
     pd.testing.assert_frame_equal(fast, slow, check_dtype=False)
+
+
+def test_parquet_and_csv_give_the_same_bundle(tmp_path):
+    pytest.importorskip("pyarrow")
+    df = _messy(200, seed=4)
+    df.to_csv(tmp_path / "m.csv", index=False)
+    df.to_parquet(tmp_path / "m.parquet", index=False)
+    a = table.load_table(tmp_path / "m.csv", {"y": None, "r": "regression"})
+    b = table.load_table(tmp_path / "m.parquet", {"y": None, "r": "regression"})
+    assert a.preprocessor.vocab == b.preprocessor.vocab and a.train.inputs["num"].dtype == torch.float32
+    assert torch.allclose(a.train.inputs["num"], b.train.inputs["num"], atol=1e-4)
+    assert torch.equal(a.test.targets["y"], b.test.targets["y"])
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("a,b\n1,x\n2,y\n".encode("utf-8-sig"))
+    assert list(table.read_table(path).columns) == ["a", "b"]

@@ -51,10 +51,11 @@ def _to_pandas(table: Any, keep_float64: Collection[str], pool: Any) -> pd.DataF
     """An arrow table as the DataFrame pandas' own reader would give, float columns not in `keep_float64` as
     float32 (cast one column at a time), the table's memory freed as it is converted."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     for i, f in enumerate(table.schema):
         if pa.types.is_floating(f.type) and f.type != pa.float32() and f.name not in keep_float64:
-            table = table.set_column(i, f.name, table.column(i).cast(pa.float32(), memory_pool=pool))
+            table = table.set_column(i, f.name, pc.cast(table.column(i), pa.float32(), memory_pool=pool))
     return table.to_pandas(split_blocks=True, self_destruct=True, memory_pool=pool)
 
 
@@ -149,7 +150,7 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: in
                 import pyarrow.parquet as pq
 
                 pool = _arrow_pool()
-                df = _to_pandas(pq.read_table(p, columns=list(columns) if columns else None, memory_pool=pool),
+                df = _to_pandas(pq.read_table(p, columns=list(columns) if columns else None),
                                 keep_float64, pool)
         except ImportError:
             raise ValueError(f"{p}: reading Parquet needs pyarrow (pip install pyarrow)") from None
@@ -170,7 +171,8 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: in
     if duplicated:
         raise ValueError(f"{p}: duplicate column name(s) {duplicated}")
     df = None
-    if limit is None and all(c == c.strip() for c in header) and (not columns or set(columns) <= set(header)):
+    if (limit is None and all(c == c.strip() for c in header) and not header[0].startswith("\ufeff")
+            and (not columns or set(columns) <= set(header))):
         df = _arrow_csv(p, sep, header, [c for c in header if c in columns] if columns else None,
                         set(header) if keep_float64 is None else set(keep_float64))
     if df is None:
