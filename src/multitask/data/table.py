@@ -104,6 +104,30 @@ def _arrow_csv(p: Path, sep: str, header: list[str], columns: Sequence[str] | No
     return _to_pandas(table, keep_float64, pool)
 
 
+def _arrow_parquet(p: Path, columns: Sequence[str] | None, keep_float64: Collection[str]) -> pd.DataFrame:
+    """A Parquet file read one column at a time (pyarrow's whole-table read holds every column as float64 at
+    once), float columns not in `keep_float64` cast to float32 as they come; the pandas index columns, if the
+    file stores any, are left out as `pandas.read_parquet` leaves them out of the columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    pool = _arrow_pool()
+    f = pq.ParquetFile(p)
+    index = {c for c in (f.schema_arrow.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+    names = list(columns) if columns else [n for n in f.schema_arrow.names if n not in index]
+    missing = [c for c in names if c not in f.schema_arrow.names]
+    if missing:
+        raise ValueError(f"columns {missing} are not in the file")
+    read = []
+    for name in names:
+        col = f.read(columns=[name]).column(0)
+        if pa.types.is_floating(col.type) and col.type != pa.float32() and name not in keep_float64:
+            col = pc.cast(col, pa.float32(), memory_pool=pool)
+        read.append(col)
+    return pa.table(read, names=names).to_pandas(split_blocks=True, self_destruct=True, memory_pool=pool)
+
+
 def _csv_pieces(p: Path, header: list[str], parse: Any, convert: Any, pool: Any) -> Any:
     """The CSV read in pieces of about `PIECE` bytes, cut at line ends, as one arrow table; None when a piece
     holds a quote (a quoted cell may span lines, so a cut could split it)."""
@@ -146,12 +170,8 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: in
         try:
             if keep_float64 is None:
                 df = pd.read_parquet(p, columns=list(columns) if columns else None)
-            else:  # read by pyarrow into a pool that frees at once, float features cast to float32
-                import pyarrow.parquet as pq
-
-                pool = _arrow_pool()
-                df = _to_pandas(pq.read_table(p, columns=list(columns) if columns else None),
-                                keep_float64, pool)
+            else:
+                df = _arrow_parquet(p, columns, keep_float64)
         except ImportError:
             raise ValueError(f"{p}: reading Parquet needs pyarrow (pip install pyarrow)") from None
         except Exception as e:  # pyarrow's own errors for a damaged file
