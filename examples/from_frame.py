@@ -7,7 +7,7 @@ import pandas as pd
 from multitask import HardSharing, MultiTaskData, Trainer
 
 rng = np.random.default_rng(0)
-n = 1200
+n = 800
 species = rng.choice(["Adelie", "Chinstrap", "Gentoo"], n)
 df = pd.DataFrame({
     "island": np.where(species == "Gentoo", "Biscoe", rng.choice(["Dream", "Torgersen", "Biscoe"], n)),
@@ -23,7 +23,7 @@ bundle = MultiTaskData.from_frame(df, targets={"species": None, "body_mass_g": "
                                   missing_indicator=True)
 print("\n".join(bundle.info["notes"]))                               # what was inferred
 model = HardSharing.tabular(bundle.tasks, bundle.preprocessor.schema, hidden=(32,))
-trainer = Trainer(model, bundle.tasks, epochs=30, batch_size=32, lr=3e-3, progress=False)
+trainer = Trainer(model, bundle.tasks, epochs=20, batch_size=32, lr=3e-3, progress=False)
 trainer.fit(bundle.train, val=bundle.val)
 print(trainer.evaluate(bundle.test)["metrics"])                       # body_mass_g mae in grams
 
