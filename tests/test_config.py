@@ -30,6 +30,13 @@ def _write(tmp_path, raw):
     ({"tasks": {"class99": {}}}, "tasks.class99: unknown task for dataset 'yeast'; it has: class1, class2"),
     ({"trainer": {"monitor": "nope.auc"}}, "trainer.monitor"),
     ({"baselines": "/no/such/run"}, "baselines: must be 'none', 'auto' or an existing run directory"),
+    ({"data": {"name": "yeast", "missing_indicator": True}}, "data.missing_indicator: only a table of features"),
+    ({"data": {"name": "sources", "missing_indicator": True, "sources": {"a": {"path": "a.csv", "targets": {"y": None}}}}},
+     "data.missing_indicator: only a table of features"),
+    ({"data": {"name": "table", "path": "t.csv", "image_column": "path", "missing_indicator": True}},
+     "data.missing_indicator: only a table of features"),
+    ({"data": {"name": "sources", "image_column": "path", "sources": {"a": {"path": "a.csv", "targets": {"y": None}}}}},
+     "data.image_column: sources are tables of features"),
 ])
 def test_bad_config_exits_2_naming_the_field(tmp_path, capsys, patch, message):
     raw = {**GOOD, **patch}

@@ -29,3 +29,12 @@ def test_custom_model_example_runs_and_learns():
     assert float(out[0].rsplit(":", 1)[1]) < 1e-6  # factored and generic paths agree
     losses = ast.literal_eval(out[1])
     assert all(float(a) > 5 * float(b) for a, b in (v.split(" -> ") for v in losses.values()))
+
+
+def test_from_frame_example_runs_and_reports_grams():
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "from_frame.py")], capture_output=True,
+                         text=True, check=True, timeout=300).stdout.splitlines()
+    assert "target 'species': multiclass (inferred: 3 distinct values)" in out
+    metrics = ast.literal_eval(next(line for line in out if line.startswith("{")))
+    assert metrics["species"]["accuracy"] > 0.8 and 50 < metrics["body_mass_g"]["mae"] < 400  # grams
+    assert out[-3].split()[1] in {"Adelie", "Chinstrap", "Gentoo"}  # labels back, first of three rows

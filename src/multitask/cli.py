@@ -40,7 +40,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _show_recorded(run_dir, args)
     cfg, tasks, pre, trainer, used = experiment.load_run(run_dir, args.checkpoint)
     bundle = experiment.load_data(cfg)
-    result = experiment.original_units(trainer.evaluate(getattr(bundle, args.split)), bundle)
+    result = trainer.evaluate(getattr(bundle, args.split))
     final = experiment.read_final(run_dir / "final.json") if (run_dir / "final.json").exists() else {}
     shown = {**final, args.split: result["metrics"], "test": result["metrics"], "delta_m": None}
     baseline = nulls_to_nan((final.get("baseline") or {}).get(args.split) or {})
@@ -130,9 +130,11 @@ def _predict(args: argparse.Namespace) -> int:
     if getattr(pre, "kind", "table") == "image":  # image paths in the CSV are relative to its folder
         pre.base_dir = Path(args.input).parent
     try:
-        inputs = pre.transform(df)
+        inputs, seen = pre.transform_with_report(df)
     except (KeyError, ValueError, TypeError) as e:
         raise ConfigError(f"--input {args.input}: {e.args[0] if e.args else e}") from None
+    for line in seen.lines():  # unseen categories, numbers far outside the training range
+        print(f"multitask: warning: --input {args.input}: {line}", file=sys.stderr)
     preds = trainer.predict(inputs, wanted)
     codecs_file = Path(args.run_dir) / "targets.json"
     if codecs_file.exists():  # a user's table: labels and values in the table's own terms

@@ -87,6 +87,7 @@ class DataConfig(_Strict):
     image_column: Optional[str] = None
     image_size: Optional[tuple[Int, Int]] = Field(None, description="[height, width]; default: the first image's")
     channels: Optional[Literal[1, 3]] = None
+    missing_indicator: bool = Field(False, description="table: a 0/1 column per numeric feature with missing values")
 
 
 class TaskConfig(_Strict):
@@ -296,7 +297,7 @@ def planned_tasks(cfg: RunConfig) -> list:
 
 def configure_tasks(tasks: list, cfg: RunConfig) -> list:
     """`tasks` narrowed to those the `tasks:` section names (all when it is absent), with their options."""
-    from multitask.tasks import Task
+    import dataclasses
 
     if cfg.tasks is None:
         return list(tasks)
@@ -306,7 +307,7 @@ def configure_tasks(tasks: list, cfg: RunConfig) -> list:
         if tc is None:
             continue
         try:
-            out.append(Task(t.name, t.kind, t.n_outputs, tc.importance, tc.metrics or t.metrics))
+            out.append(dataclasses.replace(t, importance=tc.importance, metrics=tc.metrics or t.metrics))
         except (ValueError, TypeError) as e:
             raise ConfigError(f"tasks.{t.name}: {e}") from None
     return out
@@ -401,6 +402,9 @@ def _check_data(cfg: RunConfig) -> None:
             if getattr(d, option) is not None:
                 raise ConfigError(f"data.{option}: only tasks from several sources (data.name: sources) take it")
     _check_images(d)
+    if d.missing_indicator and (d.name != "table" or d.image_column is not None):
+        raise ConfigError("data.missing_indicator: only a table of features (data.name: table without "
+                          "image_column) takes it")
     if d.name == "sources":
         if d.image_column is not None:
             raise ConfigError("data.image_column: sources are tables of features; image sources are not supported")

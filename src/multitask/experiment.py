@@ -55,7 +55,7 @@ def load_data(cfg: RunConfig) -> DatasetBundle:
                                           (d.split.model_dump() if d.split else None), d.limit)
             else:
                 bundle = load_table(d.path, d.targets, d.features, d.categorical,
-                                    (d.split.model_dump() if d.split else None), d.limit)
+                                    (d.split.model_dump() if d.split else None), d.limit, d.missing_indicator)
         except (ValueError, KeyError, TypeError) as e:
             reason = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
             raise ConfigError(f"data: {' '.join(reason.split())}") from None
@@ -133,8 +133,8 @@ def train_one(cfg: RunConfig, bundle: DatasetBundle, out: Path, resume: bool, mo
     trainer = Trainer(model, bundle.tasks, balancer, trainer_config(cfg), run_dir=out)
     resume = resume and (out / "checkpoints" / "last.pt").exists()
     history = trainer.fit(bundle.training_data(), bundle.val, resume=resume)
-    test = original_units(trainer.evaluate(bundle.test), bundle)
-    val = original_units(trainer.evaluate(bundle.val), bundle)
+    test = trainer.evaluate(bundle.test)  # regression metrics in original units (Task.target_std)
+    val = trainer.evaluate(bundle.val)
     final = {
         "dataset": cfg.data.name,
         "model": model_name or cfg.model.name,
@@ -152,19 +152,6 @@ def train_one(cfg: RunConfig, bundle: DatasetBundle, out: Path, resume: bool, mo
     }
     write_json(out / "final.json", final)
     return final
-
-
-def original_units(result: dict, bundle: DatasetBundle) -> dict:
-    """Regression metrics of standardised targets brought back to the targets' units (mse x std^2, mae x std;
-    r2 does not change): what final.json and evaluate report."""
-    for codec in bundle.info.get("codecs", []):
-        ms = result["metrics"].get(codec.name, {})
-        if codec.kind == "regression" and codec.std != 1.0:
-            if "mse" in ms:
-                ms["mse"] *= codec.std ** 2
-            if "mae" in ms:
-                ms["mae"] *= codec.std
-    return result
 
 
 def read_final(path: Path, what: str = "final.json") -> dict:
@@ -283,6 +270,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"
     cfg = cfgmod.validate(cfgmod.read_yaml(run_dir / "config.yaml", "the run's config"), deep=False)
     try:
         tasks = [Task(**t) for t in json.loads((run_dir / "tasks.json").read_text())]
+        if (run_dir / "targets.json").exists():  # a table run from before tasks.json kept the target scaling
+            from multitask.data.targets import TargetCodec, with_target_scaling
+
+            codecs = [TargetCodec.from_dict(c) for c in json.loads((run_dir / "targets.json").read_text())]
+            tasks = with_target_scaling(tasks, codecs)
         pre = load_preprocessor(run_dir / "preprocessor.json")  # kind: image, or a table's
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise ConfigError(f"{run_dir}: tasks.json or preprocessor.json cannot be read ({_one_line(e)})") from None

@@ -44,6 +44,10 @@ class Task:
     `n_outputs` is the number of classes (multiclass), labels (multilabel) or regression outputs.
     Missing labels are NaN (float targets) or negative (integer class targets): they are masked out of the
     loss and of every metric, never guessed.
+
+    A regression target trained in standardised units, ``(y - target_mean) / target_std``, keeps its loss
+    there (so no task's units drown another's) while `evaluate` reports mse and mae in y's own units;
+    ``target_std=None`` (the default) means the targets are already in the units to report.
     """
 
     name: str
@@ -52,6 +56,8 @@ class Task:
     importance: float = 1.0
     metrics: Sequence[str] | None = None
     loss_fn: ElementLoss | None = field(default=None, repr=False)
+    target_mean: float = 0.0
+    target_std: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -75,6 +81,15 @@ class Task:
             raise ValueError(f"task {self.name!r}: a multiclass task needs n_outputs >= 2 classes")
         if self.n_outputs < 1:
             raise ValueError(f"task {self.name!r}: n_outputs must be >= 1, got {self.n_outputs}")
+        if self.target_std is not None:
+            if self.kind != "regression":
+                raise ValueError(f"task {self.name!r}: target_std applies to regression targets only, not {self.kind}")
+            for what, v in (("target_std", self.target_std), ("target_mean", self.target_mean)):
+                if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
+                    raise ValueError(f"task {self.name!r}: {what} must be a finite number, got {v!r}")
+            if self.target_std <= 0:
+                raise ValueError(f"task {self.name!r}: target_std must be > 0, got {self.target_std}")
+            self.target_std, self.target_mean = float(self.target_std), float(self.target_mean)
         allowed = _metrics.METRICS_BY_KIND[self.kind]
         if self.metrics is None:
             self.metrics = tuple(allowed)
@@ -204,18 +219,25 @@ class Task:
         return output
 
     def evaluate(self, output: Tensor, target: Tensor) -> dict[str, float]:
-        """This task's metrics over labelled entries (output: raw model outputs for the whole split)."""
+        """This task's metrics over labelled entries (output: raw model outputs for the whole split); a
+        standardised regression target's metrics are in its original units (see `target_std`)."""
         scores = self.predict(output).detach().cpu().double().numpy()
         target_np = target.detach().cpu().numpy()
         mask_np = self.label_mask(target).cpu().numpy()
+        if self.target_std is not None:  # back to original units: y = z * std + mean (NaN stays NaN)
+            scores = scores * self.target_std + self.target_mean
+            target_np = target_np.astype("float64") * self.target_std + self.target_mean
         return {m: _metrics.compute(self.kind, m, scores, target_np, mask_np) for m in self.metrics}
 
     def higher_is_better(self, metric: str) -> bool:
         return _metrics.HIGHER_IS_BETTER[metric]
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "n_outputs": self.n_outputs,
-                "importance": self.importance, "metrics": list(self.metrics or ())}
+        out = {"name": self.name, "kind": self.kind, "n_outputs": self.n_outputs,
+               "importance": self.importance, "metrics": list(self.metrics or ())}
+        if self.target_std is not None:  # absent in older run directories: Task(**d) reads them unscaled
+            out.update(target_mean=self.target_mean, target_std=self.target_std)
+        return out
 
 
 def require_tensor(x: Any, what: str, verb: str = "are") -> None:

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from multitask.data.dataset import DatasetBundle, MultiTaskData
+from multitask.data.preprocessing import InputReport, TabularPreprocessor
 from multitask.models.conv import ImageSpec
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -120,6 +121,11 @@ class ImagePreprocessor:
         """uint8 [N, C, H, W] of the images `df[image_column]` names."""
         return read_images(df, self.image_column, self.base_dir, self.height, self.width, self.channels, source)
 
+    def transform_with_report(self, df: pd.DataFrame) -> tuple[torch.Tensor, InputReport]:
+        """`transform` and an empty report: the same interface as `TabularPreprocessor` for `predict` (pixels
+        have no categories, and every value is in [0, 255])."""
+        return self.transform(df), InputReport()
+
     @property
     def schema(self) -> ImageSpec:
         return ImageSpec(self.channels, self.height, self.width, tuple(self.mean), tuple(self.std))
@@ -137,7 +143,6 @@ class ImagePreprocessor:
 def load_preprocessor(path: str | Path) -> Any:
     """The preprocessing a run saved: an ImagePreprocessor (kind: image) or a TabularPreprocessor (no kind,
     as every run before image inputs wrote it)."""
-    from multitask.data.preprocessing import TabularPreprocessor
 
     d = json.loads(Path(path).read_text())
     if d.get("kind", "table") == "image":

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -25,10 +26,140 @@ from multitask.data.preprocessing import TabularPreprocessor
 from multitask.data.targets import TargetCodec, codecs_for, target_columns
 
 SPLIT_VALUES = ("train", "val", "test")
+PIECE = 64 << 20  # bytes of CSV handed to pyarrow at a time: its buffers stay small, its threads stay busy
 
 
-def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: int | None = None) -> pd.DataFrame:
-    """A .csv, .tsv or .parquet file as a DataFrame; a ValueError naming the file for anything unreadable."""
+# pandas.read_csv's default missing-value markers: the fast reader is given the same list
+NULL_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
+               "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+
+
+def _arrow_pool():  # noqa: ANN202  (a pyarrow MemoryPool)
+    """jemalloc told to hand freed memory back at once (the reader's buffers would otherwise stay in the
+    process's resident memory); the default pool where jemalloc is not built in."""
+    import pyarrow as pa
+
+    try:
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(0)
+        return pool
+    except (NotImplementedError, AttributeError, OSError):
+        return pa.default_memory_pool()
+
+
+def _to_pandas(table: Any, keep_float64: Collection[str], pool: Any) -> pd.DataFrame:
+    """An arrow table as the DataFrame pandas' own reader would give, float columns not in `keep_float64` as
+    float32 (cast one column at a time), the table's memory freed as it is converted."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_floating(f.type) and f.type != pa.float32() and f.name not in keep_float64:
+            table = table.set_column(i, f.name, pc.cast(table.column(i), pa.float32(), memory_pool=pool))
+    return table.to_pandas(split_blocks=True, self_destruct=True, memory_pool=pool)
+
+
+def _arrow_csv(p: Path, sep: str, header: list[str], columns: Sequence[str] | None,
+               keep_float64: Collection[str]) -> pd.DataFrame | None:
+    """The table read by pyarrow's multithreaded CSV reader, as the DataFrame `pandas.read_csv` would give
+    (except that float columns not in `keep_float64` are float32, half the memory), or None, and pandas reads
+    it, when pyarrow is missing, fails, or meets what the two readers treat differently: dates and times, text
+    with leading blanks (pandas is told to skip them). A file without quotes is handed over in pieces of
+    `PIECE` bytes cut at line ends, with the column types of its first rows (a later row that does not fit
+    them is a failure: pandas reads the file)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.csv as pacsv
+    except ImportError:
+        return None
+    pool = _arrow_pool()
+    parse = pacsv.ParseOptions(delimiter=sep)
+    convert = dict(include_columns=columns, null_values=NULL_VALUES, strings_can_be_null=True,
+                   quoted_strings_can_be_null=True, timestamp_parsers=[])
+    try:
+        with pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=min(1 << 20, PIECE)), parse_options=parse,
+                            convert_options=pacsv.ConvertOptions(**convert), memory_pool=pool) as first:
+            sniffed = first.schema  # the types of the first rows
+        types = {f.name: (pa.float32() if pa.types.is_floating(f.type) and f.name not in keep_float64 else f.type)
+                 for f in sniffed}
+        table = None
+        if not any(pa.types.is_null(t) for t in types.values()):
+            table = _csv_pieces(p, header, parse, pacsv.ConvertOptions(column_types=types, **convert), pool)
+        if table is None:
+            table = pacsv.read_csv(p, parse_options=parse, convert_options=pacsv.ConvertOptions(
+                column_types={k: t for k, t in types.items() if t == pa.float32()}, **convert), memory_pool=pool)
+    except (pa.ArrowException, OSError, ValueError):  # a malformed row, text in a float column...: pandas says
+        return None
+    for i, f in enumerate(table.schema):
+        t = f.type
+        if pa.types.is_null(t):  # an all-empty column: pandas reads float NaN
+            table = table.set_column(i, f.name, pa.nulls(len(table), pa.float64()))
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            col = table.column(i)
+            if pc.any(pc.starts_with(col, " ")).as_py() or pc.any(pc.starts_with(col, "\t")).as_py():
+                return None
+        elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+            return None
+    return _to_pandas(table, keep_float64, pool)
+
+
+def _arrow_parquet(p: Path, columns: Sequence[str] | None, keep_float64: Collection[str]) -> pd.DataFrame:
+    """A Parquet file read one column at a time (pyarrow's whole-table read holds every column as float64 at
+    once), float columns not in `keep_float64` cast to float32 as they come; the pandas index columns, if the
+    file stores any, are left out as `pandas.read_parquet` leaves them out of the columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    pool = _arrow_pool()
+    f = pq.ParquetFile(p)
+    index = {c for c in (f.schema_arrow.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+    names = list(columns) if columns else [n for n in f.schema_arrow.names if n not in index]
+    missing = [c for c in names if c not in f.schema_arrow.names]
+    if missing:
+        raise ValueError(f"columns {missing} are not in the file")
+    read = []
+    for name in names:
+        col = f.read(columns=[name]).column(0)
+        if pa.types.is_floating(col.type) and col.type != pa.float32() and name not in keep_float64:
+            col = pc.cast(col, pa.float32(), memory_pool=pool)
+        read.append(col)
+    return pa.table(read, names=names).to_pandas(split_blocks=True, self_destruct=True, memory_pool=pool)
+
+
+def _csv_pieces(p: Path, header: list[str], parse: Any, convert: Any, pool: Any) -> Any:
+    """The CSV read in pieces of about `PIECE` bytes, cut at line ends, as one arrow table; None when a piece
+    holds a quote (a quoted cell may span lines, so a cut could split it)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    read = pacsv.ReadOptions(column_names=header)
+    pieces = []
+    with open(p, "rb") as f:
+        f.readline()  # the header, already parsed
+        while True:
+            chunk = f.read(PIECE)
+            if not chunk:
+                break
+            chunk += f.readline()  # up to the end of the line
+            if b'"' in chunk:
+                return None
+            pieces.append(pacsv.read_csv(pa.py_buffer(chunk), read_options=read, parse_options=parse,
+                                         convert_options=convert, memory_pool=pool))
+            del chunk
+    if not pieces:
+        return None
+    return pa.concat_tables(pieces)
+
+
+def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: int | None = None,
+               keep_float64: Collection[str] | None = None) -> pd.DataFrame:
+    """A .csv, .tsv or .parquet file as a DataFrame; a ValueError naming the file for anything unreadable.
+
+    With pyarrow installed a whole CSV is read by its multithreaded reader (same columns and dtypes as
+    `pandas.read_csv`, except that with `keep_float64` given, float columns not named there are read as
+    float32); otherwise, and for anything the two readers would read differently, by pandas."""
     p = Path(path)
     if not p.exists():
         raise ValueError(f"{p} does not exist")
@@ -37,7 +168,10 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: in
     suffix = p.suffix.lower()
     if suffix == ".parquet":
         try:
-            df = pd.read_parquet(p, columns=list(columns) if columns else None)
+            if keep_float64 is None:
+                df = pd.read_parquet(p, columns=list(columns) if columns else None)
+            else:
+                df = _arrow_parquet(p, columns, keep_float64)
         except ImportError:
             raise ValueError(f"{p}: reading Parquet needs pyarrow (pip install pyarrow)") from None
         except Exception as e:  # pyarrow's own errors for a damaged file
@@ -56,17 +190,23 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: in
     duplicated = sorted({c for c in header if header.count(c) > 1})
     if duplicated:
         raise ValueError(f"{p}: duplicate column name(s) {duplicated}")
-    try:
-        df = pd.read_csv(p, sep=sep, usecols=list(columns) if columns else None, nrows=limit,
-                         skipinitialspace=True)
-    except ValueError as e:  # usecols naming a missing column, a malformed row
-        raise ValueError(f"{p}: {' '.join(str(e).split())[:200]}") from None
+    df = None
+    if (limit is None and all(c == c.strip() for c in header) and not header[0].startswith("\ufeff")
+            and (not columns or set(columns) <= set(header))):
+        df = _arrow_csv(p, sep, header, [c for c in header if c in columns] if columns else None,
+                        set(header) if keep_float64 is None else set(keep_float64))
+    if df is None:
+        try:
+            df = pd.read_csv(p, sep=sep, usecols=list(columns) if columns else None, nrows=limit,
+                             skipinitialspace=True)
+        except ValueError as e:  # usecols naming a missing column, a malformed row
+            raise ValueError(f"{p}: {' '.join(str(e).split())[:200]}") from None
     if len(df) == 0:
         raise ValueError(f"{p} has a header but no rows")
     return df
 
 
-def _split(df: pd.DataFrame, split: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+def _split(df: pd.DataFrame, split: dict[str, Any], path: Path | str) -> dict[str, torch.Tensor]:
     column = split.get("column")
     if column is not None:
         if column not in df.columns:
@@ -88,12 +228,35 @@ def _split(df: pd.DataFrame, split: dict[str, Any], path: Path) -> dict[str, tor
 
 def load_table(path: str | Path, targets: dict[str, Any], features: str | Sequence[str] = "auto",
                categorical: Sequence[str] | None = None, split: dict[str, Any] | None = None,
-               limit: int | None = None) -> DatasetBundle:
+               limit: int | None = None, missing_indicator: bool = False) -> DatasetBundle:
     """The bundle of a user's table; `bundle.info["codecs"]` holds the fitted target codecs and
     `bundle.info["notes"]` what was inferred (kinds of targets, categorical features)."""
     path = Path(path)
-    df = read_table(path, limit=limit)
+    wide = set(targets or {}) | {c for spec in (targets or {}).values() if isinstance(spec, dict)
+                                 for c in spec.get("columns", [])} | {(split or {}).get("column")}
+    df = read_table(path, limit=limit, keep_float64=wide)  # features may be read as float32 (targets not)
+    return bundle_from_frame(df, targets, features, categorical, split, missing_indicator, source=str(path))
+
+
+def bundle_from_frame(df: pd.DataFrame, targets: dict[str, Any], features: str | Sequence[str] = "auto",
+                      categorical: Sequence[str] | None = None, split: dict[str, Any] | None = None,
+                      missing_indicator: bool = False, source: str = "the DataFrame") -> DatasetBundle:
+    """A DataFrame as a bundle ready to train on: targets coded and features preprocessed, both fitted on the
+    training rows only, the splits written straight into their final arrays (train rows first, then val, then
+    test, so each split is a view, not a copy). `source` names the table in the errors. Shared by
+    `load_table` and `MultiTaskData.from_frame`."""
+    path = source
     split = dict(split or {})
+    if not isinstance(targets, dict) or not targets:
+        raise ValueError(f"{path}: name the target columns, e.g. targets={{'species': 'multiclass'}}")
+    if len(df) == 0:
+        raise ValueError(f"{path} has no rows")
+    odd = [c for c in df.columns if not isinstance(c, str)]
+    if odd:
+        raise ValueError(f"{path}: column names must be text, got {odd[:5]} (df.columns = df.columns.astype(str))")
+    duplicated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
+    if duplicated:
+        raise ValueError(f"{path}: duplicate column name(s) {duplicated}")
     codecs, notes = codecs_for(df, targets)
     used = target_columns(codecs) | ({split["column"]} if split.get("column") else set())
     if features == "auto":
@@ -119,16 +282,21 @@ def load_table(path: str | Path, targets: dict[str, Any], features: str | Sequen
         cat_cols = list(categorical)
     num_cols = [c for c in feature_cols if c not in cat_cols]
     parts = _split(df, split, path)
-    fit_rows = df.iloc[parts["train"].numpy()]
-    pre = TabularPreprocessor(num_cols, cat_cols).fit(fit_rows)
+    train_rows = parts["train"].numpy()
+    order = np.concatenate([parts[k].numpy() for k in SPLIT_VALUES])  # the rows of train, then val, then test
+    bounds = np.cumsum([0] + [len(parts[k]) for k in SPLIT_VALUES])
     for codec in codecs:
-        codec.fit(fit_rows)
-    inputs = pre.transform(df)
-    y = {codec.name: codec.encode(df) for codec in codecs}
-    full = MultiTaskData(inputs, y)
+        codec.fit(df[codec.columns].iloc[train_rows])
+    y = {codec.name: codec.encode(df)[torch.from_numpy(order)] for codec in codecs}
+    pre = TabularPreprocessor(num_cols, cat_cols, missing_indicator=missing_indicator).fit(df, rows=train_rows)
+    if pre.indicators:
+        notes.append(f"missing-value indicators: {', '.join(pre.indicators)}")
+    inputs = pre.transform(df, rows=order)
+    splits = [MultiTaskData.prechecked({k: v[a:b] for k, v in inputs.items()}, {t: v[a:b] for t, v in y.items()})
+              for a, b in zip(bounds[:-1], bounds[1:])]
     tasks = [codec.task() for codec in codecs]
     return DatasetBundle(
-        "table", tasks, full.subset(parts["train"]), full.subset(parts["val"]), full.subset(parts["test"]), pre,
+        "table", tasks, *splits, pre,
         info={"rows": {k: len(v) for k, v in parts.items()}, "source": str(path), "codecs": codecs, "notes": notes},
     )
 

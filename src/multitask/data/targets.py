@@ -14,6 +14,7 @@ An empty cell is a missing label (NaN / -1), never guessed.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -115,6 +116,12 @@ class TargetCodec:
                            f"{', '.join(map(str, df.columns[:12]))}{', ...' if len(df.columns) > 12 else ''}")
 
     def _numbers(self, col: pd.Series) -> np.ndarray:
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):  # no text to check
+            numbers = col.to_numpy(dtype="float64", na_value=np.nan)
+            if np.isinf(numbers).any():
+                raise ValueError(f"target {self.name!r} (column {col.name!r}): {int(np.isinf(numbers).sum())} rows "
+                                 "are infinite")
+            return numbers
         text = col.astype(object).where(_present(col), np.nan)
         numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float)
         bad = ~np.isnan(numbers) | text.isna().to_numpy()
@@ -136,18 +143,21 @@ class TargetCodec:
             return torch.stack(parts, dim=1)
         col = df[self.columns[0]]
         if self.kind == "regression":
-            return torch.tensor((self._numbers(col) - self.mean) / self.std, dtype=torch.float32)
-        present = _present(col).to_numpy()
+            return torch.from_numpy(((self._numbers(col) - self.mean) / self.std).astype(np.float32))
         index = {self._key(v): i for i, v in enumerate(self.labels)}
-        codes = np.array([index.get(self._key(_label(v)), -2) if p else -1 for v, p in zip(col.tolist(), present)])
+        rows, uniques = pd.factorize(col, use_na_sentinel=True)  # each distinct value is looked up once
+        present = _present(pd.Series(uniques, dtype=object)).to_numpy()
+        lookup = np.array([index.get(self._key(_label(v)), -2) if p else -1 for v, p in zip(uniques, present)]
+                          + [-1], dtype=np.int64)  # the last entry: an empty cell (factorize's code -1)
+        codes = lookup[rows]
         unseen = codes == -2
         if unseen.any():
             examples = ", ".join(repr(v) for v in pd.unique(col[unseen])[:3])
             raise ValueError(f"target {self.name!r}: {int(unseen.sum())} rows hold labels that the training rows "
                              f"never had (e.g. {examples}); known: {', '.join(map(repr, self.labels[:10]))}")
         if self.kind == "multiclass":
-            return torch.tensor(codes, dtype=torch.int64)
-        return torch.tensor(np.where(codes < 0, np.nan, codes), dtype=torch.float32)
+            return torch.from_numpy(codes)
+        return torch.from_numpy(np.where(codes < 0, np.nan, codes).astype(np.float32))
 
     @staticmethod
     def _key(v: Any) -> str:
@@ -178,8 +188,11 @@ class TargetCodec:
         return pd.DataFrame({c: p[:, k] for k, c in enumerate(self.columns)})
 
     def task(self, **options: Any) -> Task:
-        """The `Task` this target trains."""
+        """The `Task` this target trains; a standardised regression target's task knows its scaling, so its
+        metrics are reported in the target's own units."""
         n = len(self.labels) if self.kind == "multiclass" else len(self.columns) if self.kind == "multilabel" else 1
+        if self.kind == "regression" and self.scale == "standard":
+            options = {"target_mean": self.mean, "target_std": self.std, **options}
         return Task(self.name, self.kind, n, **options)
 
     def to_dict(self) -> dict:
@@ -209,6 +222,19 @@ def codecs_for(df: pd.DataFrame, targets: dict[str, Any]) -> tuple[list[TargetCo
         if spec:
             raise ValueError(f"target {name!r}: unknown option(s) {sorted(spec)}; a target takes kind, columns, scale")
     return codecs, notes
+
+
+def with_target_scaling(tasks: Sequence[Task], codecs: Sequence[TargetCodec]) -> list[Task]:
+    """`tasks` with the regression scaling of their codecs filled in where the task lacks it: a run directory
+    written before tasks.json recorded it still reports its metrics in original units."""
+    by_name = {c.name: c for c in codecs}
+    out = []
+    for t in tasks:
+        c = by_name.get(t.name)
+        if t.target_std is None and c is not None and c.kind == "regression" and c.scale == "standard":
+            t = dataclasses.replace(t, target_mean=c.mean, target_std=c.std)
+        out.append(t)
+    return out
 
 
 def target_columns(codecs: Sequence[TargetCodec]) -> set[str]:
