@@ -143,7 +143,6 @@ class ImagePreprocessor:
 def load_preprocessor(path: str | Path) -> Any:
     """The preprocessing a run saved: an ImagePreprocessor (kind: image) or a TabularPreprocessor (no kind,
     as every run before image inputs wrote it)."""
-
     d = json.loads(Path(path).read_text())
     if d.get("kind", "table") == "image":
         return ImagePreprocessor.from_dict(d)
