@@ -427,3 +427,35 @@ def test_accumulation_counts_each_tasks_own_samples_and_resumes_bit_identically(
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["accumulator"]["counts"] == b["accumulator"]["counts"]
     assert [r["updates_per_part"] for r in resumed] == [r["updates_per_part"] for r in history]
+
+
+def test_a_task_absent_from_a_step_keeps_its_balancer_row_and_optimiser_state():
+    """Uncertainty's log-variance of a task without labels in the step, and Adam's moments of that row, stay as
+    they were (the task's head too); the present task's row moves."""
+    from multitask import Uncertainty
+
+    tasks, data = synthetic(64, seed=3)
+    model = HardSharing.tabular(tasks, InputSchema(8), hidden=(16,), head_hidden=(8,))
+    balancer = Uncertainty(tasks)
+    trainer = Trainer(model, tasks, balancer, batch_size=64, progress=False, lr=0.05)
+    trainer.train_step(data.inputs, data.targets)  # every task present: Adam's moments become non-zero
+    absent = dict(data.targets, reg=torch.full_like(data.targets["reg"], float("nan")))
+    row = balancer.task_names.index("reg")
+    before = balancer.log_vars.detach().clone()
+    state = {k: v.clone() for k, v in trainer.optimizer.state[balancer.log_vars].items() if v.shape == before.shape}
+    head = [p.detach().clone() for p in model.task_parameters("reg")]
+    trainer.train_step(data.inputs, absent)
+    after = balancer.log_vars.detach()
+    assert after[row] == before[row]
+    assert all(not torch.equal(after[i], before[i]) for i in range(len(tasks)) if i != row)
+    for k, v in state.items():
+        assert trainer.optimizer.state[balancer.log_vars][k][row] == v[row], k
+    assert all(torch.equal(p, q) for p, q in zip(model.task_parameters("reg"), head))
+
+
+def test_select_tasks_on_sources_is_refused_with_the_way_to_do_it(tmp_path):
+    write_sources(tmp_path)
+    bundle = load_sources(sources_spec(tmp_path))
+    with pytest.raises(ValueError, match=r"load_sources\(\.\.\., tasks=\[\.\.\.\]\)"):
+        bundle.select_tasks(["topic", "length"])
+    assert load_sources(sources_spec(tmp_path), tasks=["topic", "length"]).info["rows"].keys() == {"caption"}

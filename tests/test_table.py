@@ -107,3 +107,22 @@ def test_table_options_are_refused_for_built_in_datasets(tmp_path, capsys):
     p.write_text(yaml.safe_dump({"data": {"name": "yeast", "targets": {"class1": "binary"}}}))
     assert main(["train", str(p)]) == 2
     assert "data.targets: only a table (data.name: table) takes it" in capsys.readouterr().err
+
+
+def test_resuming_a_run_recorded_in_standardised_units_is_refused(tmp_path, capsys):
+    """A run whose tasks.json predates target scaling in Task logged its regression metrics (and chose its best
+    epoch) in standardised units: resuming it would mix units, so it is refused, naming the task."""
+    penguins(200).to_csv(tmp_path / "p.csv", index=False)
+    cfg = _config(tmp_path, {"path": str(tmp_path / "p.csv"), "targets": {"species": None, "body_mass_g": None}},
+                  epochs=1, monitor="body_mass_g.mse")
+    run = tmp_path / "run"
+    assert main(["train", cfg, "--out", str(run)]) == 0
+    tasks = json.loads((run / "tasks.json").read_text())
+    for t in tasks:  # as the code before target scaling wrote it
+        t.pop("target_mean", None), t.pop("target_std", None)
+    (run / "tasks.json").write_text(json.dumps(tasks))
+    capsys.readouterr()
+    assert main(["train", cfg, "--resume", str(run), "--set", "trainer.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "body_mass_g" in err and "standardised units" in err and err.count("\n") == 1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # nothing trained

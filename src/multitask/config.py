@@ -397,6 +397,11 @@ def _check_images(d: DataConfig) -> None:
 
 def _check_data(cfg: RunConfig) -> None:
     d = cfg.data
+    if d.name in ("table", "sources"):  # these are split by data.split (or each source's own split)
+        for option in ("val_fraction", "seed"):
+            if getattr(d, option) != DataConfig.model_fields[option].default:
+                raise ConfigError(f"data.{option}: a {'table' if d.name == 'table' else 'source'} is split by "
+                                  f"data.split: {{val_fraction, test_fraction, seed}}; data.{option} does not apply")
     if d.name != "sources":
         for option in ("sources", "sampling", "temperature"):
             if getattr(d, option) is not None:

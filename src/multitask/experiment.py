@@ -190,6 +190,8 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
         _check_same_run(cfgmod.validate(cfgmod.read_yaml(saved, "the run's config")), cfg)
     start = time.perf_counter()
     bundle = load_data(cfg)
+    if resume:
+        _check_same_units(out, bundle.tasks)
     write_run_files(out, cfg, bundle)
 
     baseline: dict[str, dict[str, dict[str, float]]] | None = None
@@ -212,6 +214,24 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
     final["total_wall_time_s"] = time.perf_counter() - start
     write_json(out / "final.json", final)
     return final
+
+
+def _check_same_units(out: Path, tasks: list[Task]) -> None:
+    """Refuse to resume a run whose tasks.json predates target scaling in `Task` (its metrics.jsonl and its best
+    epoch are in standardised units; continuing would compare them with metrics in the target's units)."""
+    path = out / "tasks.json"
+    if not path.exists():
+        return
+    try:
+        saved = {t.get("name"): t for t in json.loads(path.read_text())}
+    except (OSError, ValueError, AttributeError):
+        return  # an unreadable tasks.json is rewritten below, as before
+    scaled = [t.name for t in tasks if t.target_std is not None and t.name in saved
+              and saved[t.name].get("target_std") is None]
+    if scaled:
+        raise ConfigError(f"cannot resume {out}: it was written before regression metrics were reported in the "
+                          f"target's units, so its recorded metrics and best epoch for {', '.join(scaled)} are in "
+                          "standardised units; start again with --overwrite")
 
 
 def prepare_run_dir(out: Path) -> None:

@@ -47,6 +47,12 @@ class Balancer(nn.Module):
     def epoch_end(self, epoch: int) -> None:
         """Called by the trainer after every epoch (e.g. DWA re-weights per epoch). Default: nothing."""
 
+    def per_task_parameters(self) -> list[nn.Parameter]:
+        """Learned parameters whose rows are the tasks (in `task_names` order), e.g. Uncertainty's
+        log-variances: on a step without a task's labels the trainer leaves that task's row, and its optimiser
+        state, as they were. Default: none."""
+        return []
+
     def _record(self, weights: Sequence[float], index: Sequence[int] | None = None) -> None:
         index = range(len(self.task_names)) if index is None else index
         w = {t: 0.0 for t in self.task_names}

@@ -61,3 +61,6 @@ class IMTLL(LossBalancer):
             terms = torch.where(keep, terms, torch.zeros_like(terms))
         self._record(torch.exp(self.s).detach().cpu().tolist())
         return terms.sum()
+
+    def per_task_parameters(self) -> list[nn.Parameter]:
+        return [self.s]

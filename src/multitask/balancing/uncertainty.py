@@ -39,6 +39,9 @@ class Uncertainty(LossBalancer):
             terms = torch.where(keep, terms, torch.zeros_like(terms))
         return terms.sum()
 
+    def per_task_parameters(self) -> list[nn.Parameter]:
+        return [self.log_vars]
+
     def weights(self) -> dict[str, float]:
         w = (self.scale * torch.exp(-self.log_vars)).detach().cpu().tolist()
         return dict(zip(self.task_names, w))

@@ -206,6 +206,10 @@ class DatasetBundle:
         if unknown:
             raise KeyError(f"unknown task(s) {unknown} for dataset {self.name!r}; available: {known}")
         keep = [t for t in self.tasks if t.name in names]
+        if self.plan is not None and len(keep) < len(self.tasks):
+            raise ValueError("a bundle of several sources chooses its tasks when it is loaded "
+                             "(load_sources(..., tasks=[...]) also drops the sources left without a task, whose "
+                             "steps would train nothing)")
 
         def sub(d: MultiTaskData) -> MultiTaskData:
             return MultiTaskData(d.inputs, {n: d.targets[n] for n in names})

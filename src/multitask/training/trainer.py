@@ -365,20 +365,25 @@ class Trainer:
             self._skip_or_raise(*problem, saved)
             return losses if losses is not None else {t: torch.full((), math.nan) for t in tasks}
         self._skips_in_a_row = 0
-        if not all(present.values()):
-            self._freeze_absent(present)
+        kept_rows = self._freeze_absent(present) if not all(present.values()) else []
         if self.accumulator is not None:  # only the parts that reached their sample count keep a .grad
             rows = n_rows(inputs)
             self.accumulator.add(rows, {t: rows if masks.get(t) is None else int(masks[t].sum()) for t in tasks})
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        with torch.no_grad():
+            for target, rows, saved in kept_rows:  # absent tasks' rows of the balancer's own parameters
+                target[rows] = saved
         return losses
 
-    def _freeze_absent(self, present: Mapping[str, bool]) -> None:
+    def _freeze_absent(self, present: Mapping[str, bool]) -> list[tuple[Tensor, Tensor, Tensor]]:
         """A task without labels in this batch (e.g. a step drawn from another source) leaves its own
         parameters as they are: their zero gradients are dropped, so momentum and weight decay do not move them
-        either (the optimiser skips a parameter whose .grad is None)."""
+        either (the optimiser skips a parameter whose .grad is None). The balancer's per-task parameters (one
+        row per task, e.g. Uncertainty's log-variances) share a tensor with the present tasks, so their absent
+        rows, and those rows of the optimiser state, are returned as (tensor, rows, values) to be put back
+        after the step."""
         if self._own_params is None:
             try:
                 self._own_params = {t: list(self.model.task_parameters(t)) for t in self.tasks}
@@ -388,6 +393,15 @@ class Trainer:
             if not here:
                 for p in self._own_params[t]:
                     p.grad = None
+        rows = torch.tensor([i for i, t in enumerate(self.balancer.task_names) if not present[t]], dtype=torch.long)
+        kept = []
+        for p in self.balancer.per_task_parameters():
+            idx = rows.to(p.device)
+            kept.append((p.data, idx, p.data[idx].clone()))
+            for v in self.optimizer.state.get(p, {}).values():  # Adam's moments, SGD's momentum: per element
+                if isinstance(v, Tensor) and v.shape == p.shape:
+                    kept.append((v, idx, v[idx].clone()))
+        return kept
 
     # ------------------------------------------------------------------------------------------ non-finite values
     def _nonfinite_problem(self, losses: Mapping[str, Tensor]) -> tuple[str, tuple[str, ...]] | None:
