@@ -5,6 +5,16 @@ from multitask import Task
 from multitask.data import MultiTaskData
 
 
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if a run gets as far as reading data (a config error must be found before any work)."""
+    from multitask import experiment
+
+    def refuse(*a, **k):
+        raise AssertionError("data was loaded before the config error was found")
+    monkeypatch.setattr(experiment, "load_data", refuse)
+
+
 @pytest.fixture(scope="session")
 def census_small():
     from multitask.data import load_census_income

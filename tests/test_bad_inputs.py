@@ -36,14 +36,6 @@ def _patch(raw, dotted, value):
     return raw
 
 
-@pytest.fixture
-def no_work(monkeypatch):
-    """Fails the test if a run gets as far as reading data."""
-    def refuse(*a, **k):
-        raise AssertionError("data was loaded before the config error was found")
-    monkeypatch.setattr(experiment, "load_data", refuse)
-
-
 @pytest.mark.parametrize("dotted, value, message", [
     ("balancer", {"name": "mgda", "mode": "sideways"}, "balancer: MGDA: mode must be one of"),
     ("trainer.monitor", "class1.rmse", "trainer.monitor: 'class1.rmse' is not available"),

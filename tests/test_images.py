@@ -14,7 +14,6 @@ import torch
 import yaml
 from PIL import Image as PIL  # the `images` extra; `make test` installs it
 
-from multitask import experiment
 from multitask.cli import main
 from multitask.data import debian
 from multitask.data.images import planned_spec
@@ -268,13 +267,6 @@ def test_predict_with_a_missing_image_exits_2(table_run, tmp_path, capsys):
     code = main(["predict", str(tmp / "run"), "--input", str(tmp_path / "r.csv"), "--output", str(tmp_path / "p.csv")])
     err = _one_clean_line(capsys, code)
     assert "row 2, column 'path'" in err and "nowhere.png does not exist" in err
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("data was loaded before the config error was found")
-    monkeypatch.setattr(experiment, "load_data", refuse)
 
 
 @pytest.mark.parametrize("data, model, message", [
