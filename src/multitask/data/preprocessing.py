@@ -107,33 +107,28 @@ class TabularPreprocessor:
         self.indicators = []
         for c in self.numeric:
             col = numeric_column(df, c)
-            self._fit_numeric(c, col if rows is None else col[rows])
+            if rows is not None:
+                col = col[rows]
+            missing = np.isnan(col)
+            present = col[~missing] if missing.any() else col  # no copy for a column without empty cells
+            if present.size == 0:
+                raise ValueError(f"feature column {c!r}: all {len(col)} training rows are empty, so there is no "
+                                 "mean to fill missing values with; drop the column or give it values")
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
+                mean, std = float(present.mean(dtype=np.float64)), float(present.std(dtype=np.float64))
+            if not (np.isfinite(mean) and np.isfinite(std)):
+                raise ValueError(f"feature column {c!r}: values too large to standardise (mean {mean}, std {std})")
+            self.means[c] = mean
+            self.stds[c] = std if std > 0 else 1.0
+            self.mins[c], self.maxs[c] = float(present.min()), float(present.max())
+            if self.missing_indicator and present.size < col.size:
+                self.indicators.append(c)
         for c in self.categorical:
             codes, texts = categorical_codes(df[c])
-            self._fit_vocab(c, codes if rows is None else codes[rows], texts)
+            if rows is not None:
+                codes = codes[rows]
+            self.vocab[c] = sorted({texts[k] for k in np.unique(codes)})  # code -1 (empty) is texts[-1]
         return self
-
-    def _fit_numeric(self, c: str, col: np.ndarray) -> None:
-        """The statistics of numeric column `c` from its training values `col`."""
-        missing = np.isnan(col)
-        present = col[~missing] if missing.any() else col  # no copy for a column without empty cells
-        if present.size == 0:
-            raise ValueError(f"feature column {c!r}: all {len(col)} training rows are empty, so there is no "
-                             "mean to fill missing values with; drop the column or give it values")
-        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
-            mean, std = float(present.mean(dtype=np.float64)), float(present.std(dtype=np.float64))
-        if not (np.isfinite(mean) and np.isfinite(std)):
-            raise ValueError(f"feature column {c!r}: values too large to standardise (mean {mean}, std {std})")
-        self.means[c] = mean
-        self.stds[c] = std if std > 0 else 1.0
-        self.mins[c], self.maxs[c] = float(present.min()), float(present.max())
-        if self.missing_indicator and present.size < col.size:
-            self.indicators.append(c)
-
-    def _fit_vocab(self, c: str, codes: np.ndarray, texts: list[str]) -> None:
-        """The vocabulary of categorical column `c` from the codes of its training rows (`categorical_codes`)."""
-        seen = np.flatnonzero(np.bincount(codes + 1, minlength=len(texts)))  # the codes present, plus 1
-        self.vocab[c] = sorted({texts[k - 1] for k in seen})  # code -1 (empty) is texts[-1]
 
     def _check_columns(self, df: pd.DataFrame) -> None:
         missing = [c for c in self.numeric + self.categorical if c not in df.columns]
@@ -145,48 +140,24 @@ class TabularPreprocessor:
         (or its rows at positions `rows`, in that order); unseen categories map to index 0."""
         return self.transform_with_report(df, rows, report_far=False)[0]
 
-    def fit_transform(self, df: pd.DataFrame, rows: np.ndarray, n_fit: int) -> dict[str, torch.Tensor]:
-        """`fit` on the rows at positions `rows[:n_fit]`, then `transform` of the rows at `rows`, in one pass
-        that reads, gathers and factorizes each column once (what `bundle_from_frame` runs, training rows
-        first); the same statistics, arrays and errors as the two calls."""
-        if self.missing_indicator:  # the output's width depends on every column's training rows: two passes
-            return self.fit(df, rows=rows[:n_fit]).transform(df, rows=rows)
-        self._check_columns(df)
-        if n_fit == 0:
-            raise ValueError("TabularPreprocessor.fit got 0 rows: there is nothing to fit the feature statistics on")
-        self.indicators = []
-        return self._transform(df, rows, report_far=False, n_fit=n_fit)[0]
-
     def transform_with_report(self, df: pd.DataFrame, rows: np.ndarray | None = None, report_far: bool = True
                               ) -> tuple[dict[str, torch.Tensor], InputReport]:
         """`transform`, and what it saw: the unseen categories and (with `report_far`) the far-out numbers of
         each column."""
         self._check_columns(df)
-        return self._transform(df, rows, report_far)
-
-    def _transform(self, df: pd.DataFrame, rows: np.ndarray | None, report_far: bool, n_fit: int | None = None
-                   ) -> tuple[dict[str, torch.Tensor], InputReport]:
-        """`transform_with_report`; with `n_fit`, each column is first fitted on its values at rows[:n_fit]
-        (numeric columns checked one at a time then, in `fit`'s order)."""
         n = len(df) if rows is None else len(rows)
         out: dict[str, torch.Tensor] = {}
         report = InputReport()
         if self.numeric:
             num = np.empty((n, self.num_features), dtype=np.float32)
-            sources = [] if n_fit else [numeric_column(df, c) for c in self.numeric]  # checked before any work
+            sources = [numeric_column(df, c) for c in self.numeric]  # checked first: an error before any work
             slots = {c: len(self.numeric) + k for k, c in enumerate(self.indicators)}
             first_bad: dict[int, int] = {}  # column -> its first row past float32's range after standardising
-            for j, c in enumerate(self.numeric):  # one column at a time, gathered once
-                if n_fit:
-                    sources.append(numeric_column(df, c))
-                src = sources[j]
-                col = src.copy() if rows is None else src[rows]
-                if n_fit:
-                    self._fit_numeric(c, col[:n_fit])
+            for j, (c, src) in enumerate(zip(self.numeric, sources)):  # one column at a time, gathered once
                 # float32 columns are standardised in float32 (the output's precision), others in float64
                 work = src.dtype if src.dtype == np.float32 else np.dtype(np.float64)
                 mean, std = work.type(self.means[c]), work.type(self.stds[c])
-                col = col.astype(work, copy=False)
+                col = src.astype(work, copy=True) if rows is None else src[rows].astype(work, copy=False)
                 if report_far and c in self.mins:
                     margin = FAR_STDS * self.stds[c]
                     k = int(np.count_nonzero((col < self.mins[c] - margin) | (col > self.maxs[c] + margin)))
@@ -217,13 +188,11 @@ class TabularPreprocessor:
         if self.categorical:
             cat = np.empty((n, len(self.categorical)), dtype=np.int64)
             for j, c in enumerate(self.categorical):
+                index = {v: i + 1 for i, v in enumerate(self.vocab[c])}
                 codes, texts = categorical_codes(df[c])
+                lookup = np.array([index.get(t, UNKNOWN) for t in texts], dtype=np.int64)
                 if rows is not None:
                     codes = codes[rows]
-                if n_fit:
-                    self._fit_vocab(c, codes[:n_fit], texts)
-                index = {v: i + 1 for i, v in enumerate(self.vocab[c])}
-                lookup = np.array([index.get(t, UNKNOWN) for t in texts], dtype=np.int64)
                 cat[:, j] = lookup[codes]  # code -1 (an empty cell) picks lookup[-1], the MISSING category
                 k = int(np.count_nonzero(cat[:, j] == UNKNOWN))
                 if k:

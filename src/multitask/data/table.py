@@ -288,10 +288,10 @@ def bundle_from_frame(df: pd.DataFrame, targets: dict[str, Any], features: str |
     for codec in codecs:
         codec.fit(df[codec.columns].iloc[train_rows])
     y = {codec.name: codec.encode(df)[torch.from_numpy(order)] for codec in codecs}
-    pre = TabularPreprocessor(num_cols, cat_cols, missing_indicator=missing_indicator)
-    inputs = pre.fit_transform(df, order, len(train_rows))  # fitted on order[:len(train_rows)], the train rows
+    pre = TabularPreprocessor(num_cols, cat_cols, missing_indicator=missing_indicator).fit(df, rows=train_rows)
     if pre.indicators:
         notes.append(f"missing-value indicators: {', '.join(pre.indicators)}")
+    inputs = pre.transform(df, rows=order)
     splits = [MultiTaskData.prechecked({k: v[a:b] for k, v in inputs.items()}, {t: v[a:b] for t, v in y.items()})
               for a, b in zip(bounds[:-1], bounds[1:])]
     tasks = [codec.task() for codec in codecs]
