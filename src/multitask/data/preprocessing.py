@@ -22,8 +22,8 @@ from multitask.models.layers import InputSchema
 UNKNOWN = 0  # index of categories never seen in training
 MISSING = "<missing>"  # an empty categorical cell is a category of its own
 INDICATOR = "__missing"  # suffix of a numeric column's missing-value indicator
-FAR_STDS = 3.0  # predict warns about values beyond the training min/max by more than this many training stds
-BLOCK = 16384  # rows per block in the order transform's overflow error picks its column (first block, then column)
+FAR_STDS = 3.0
+BLOCK = 16384  # rows filled at a time by transform  # predict warns about values beyond the training min/max by more than this many training stds
 
 
 def _as_text(col: pd.Series) -> pd.Series:
@@ -109,8 +109,7 @@ class TabularPreprocessor:
             col = numeric_column(df, c)
             if rows is not None:
                 col = col[rows]
-            missing = np.isnan(col)
-            present = col[~missing] if missing.any() else col  # no copy for a column without empty cells
+            present = col[~np.isnan(col)]
             if present.size == 0:
                 raise ValueError(f"feature column {c!r}: all {len(col)} training rows are empty, so there is no "
                                  "mean to fill missing values with; drop the column or give it values")
@@ -152,38 +151,38 @@ class TabularPreprocessor:
             num = np.empty((n, self.num_features), dtype=np.float32)
             sources = [numeric_column(df, c) for c in self.numeric]  # checked first: an error before any work
             slots = {c: len(self.numeric) + k for k, c in enumerate(self.indicators)}
-            first_bad: dict[int, int] = {}  # column -> its first row past float32's range after standardising
-            for j, (c, src) in enumerate(zip(self.numeric, sources)):  # one column at a time, gathered once
-                # float32 columns are standardised in float32 (the output's precision), others in float64
-                work = src.dtype if src.dtype == np.float32 else np.dtype(np.float64)
-                mean, std = work.type(self.means[c]), work.type(self.stds[c])
-                col = src.astype(work, copy=True) if rows is None else src[rows].astype(work, copy=False)
-                if report_far and c in self.mins:
-                    margin = FAR_STDS * self.stds[c]
-                    k = int(np.count_nonzero((col < self.mins[c] - margin) | (col > self.maxs[c] + margin)))
-                    if k:
-                        report.far[c] = k
-                with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below
-                    col -= mean
-                    col /= std
-                missing = np.isnan(col)
-                if c in slots:
-                    num[:, slots[c]] = missing
-                np.copyto(col, 0, where=missing)  # a missing value reads as the training mean (0 once scaled)
-                num[:, j] = col
-                finite = np.isfinite(col if work == np.float32 else num[:, j])
-                if not finite.all():
-                    first_bad[j] = int(np.argmin(finite))
-            if first_bad:  # the error names the first column past range in the first block of BLOCK rows with one
-                j = min(first_bad, key=lambda j: (first_bad[j] // BLOCK, j))
-                c = self.numeric[j]
-                full = (sources[j] if rows is None else sources[j][rows]).astype(np.float64)
-                with np.errstate(over="ignore", invalid="ignore"):
-                    scaled = ((np.where(np.isnan(full), self.means[c], full) - self.means[c])
-                              / self.stds[c]).astype(np.float32)
-                k = int(np.count_nonzero(~np.isfinite(scaled)))
-                raise ValueError(f"feature column {c!r}: {_rows(k)} too large to represent after "
-                                 f"standardising (mean {self.means[c]:g}, std {self.stds[c]:g})")
+            for a in range(0, n, BLOCK):  # row blocks: each block of the output stays in cache while filled
+                b = min(a + BLOCK, n)
+                idx = rows[a:b] if rows is not None else slice(a, b)
+                for j, (c, src) in enumerate(zip(self.numeric, sources)):
+                    # float32 columns are standardised in float32 (the output's precision), others in float64
+                    work = src.dtype if src.dtype == np.float32 else np.dtype(np.float64)
+                    mean, std = work.type(self.means[c]), work.type(self.stds[c])
+                    col = src[idx].astype(work, copy=isinstance(idx, slice))  # this block's own copy
+                    if report_far and c in self.mins:
+                        margin = FAR_STDS * self.stds[c]
+                        k = int(np.count_nonzero((col < self.mins[c] - margin) | (col > self.maxs[c] + margin)))
+                        if k:
+                            report.far[c] = report.far.get(c, 0) + k
+                    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below
+                        col -= mean
+                        col /= std
+                    missing = np.isnan(col)
+                    if c in slots:
+                        num[a:b, slots[c]] = missing
+                    np.copyto(col, 0, where=missing)  # a missing value reads as the training mean (0 once scaled)
+                    num[a:b, j] = col
+                finite = np.isfinite(num[a:b, :len(self.numeric)])
+                if not finite.all():  # a value past float32's range after standardising
+                    j = int(np.flatnonzero(~finite.all(axis=0))[0])
+                    c = self.numeric[j]
+                    full = (sources[j] if rows is None else sources[j][rows]).astype(np.float64)
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        scaled = ((np.where(np.isnan(full), self.means[c], full) - self.means[c])
+                                  / self.stds[c]).astype(np.float32)
+                    k = int(np.count_nonzero(~np.isfinite(scaled)))
+                    raise ValueError(f"feature column {c!r}: {_rows(k)} too large to represent after "
+                                     f"standardising (mean {self.means[c]:g}, std {self.stds[c]:g})")
             out["num"] = torch.from_numpy(num)
         if self.categorical:
             cat = np.empty((n, len(self.categorical)), dtype=np.int64)
