@@ -234,27 +234,25 @@ def test_blank_led_text_falls_back_to_pandas(tmp_path):
 
 
 @pytest.mark.parametrize("tail", ["", "\n7.5,2.5,False,c,p,0.25\n", '\n1.0,3,True,"q, r",p,0.5\n'])
-def test_reading_in_pieces_matches_pandas(tmp_path, monkeypatch, tail):
-    """A CSV is parsed in pieces cut at line ends (here 500 bytes); a later row that does not fit the types of
-    the first rows (a float in an integer column) or a quoted cell sends the file to pandas: same frame."""
+def test_typed_read_matches_pandas(tmp_path, monkeypatch, tail):
+    """A CSV is read whole with the column types of its first rows (here 500 bytes); a later row that does not
+    fit them (a float in an integer column) sends the file to pandas, a quoted cell does not: same frame."""
     pytest.importorskip("pyarrow")
     path = tmp_path / "m.csv"
     _messy(300, seed=2).to_csv(path, index=False, float_format="%.6f")
     with open(path, "a") as f:
         f.write(tail.lstrip("\n"))
-    monkeypatch.setattr(table, "PIECE", 500)
-    rows = []  # rows read in pieces (None: not cut); the table itself is consumed by the conversion
+    monkeypatch.setattr(table, "SNIFF", 500)
+    rows = []  # rows read by pyarrow (none when pandas read the file)
 
-    def spy(*a):
-        t = real(*a)
-        rows.append(None if t is None else t.num_rows)
-        return t
+    def spy(t, *a):
+        rows.append(t.num_rows)
+        return real(t, *a)
 
-    real = table._csv_pieces
-    monkeypatch.setattr(table, "_csv_pieces", spy)
+    real = table._to_pandas
+    monkeypatch.setattr(table, "_to_pandas", spy)
     fast = table.read_table(path)
-    # read in pieces; a quote: not cut; a float in the integer column: the pieces fail (rows stays empty)
-    assert rows == ([300] if not tail else [None] if '"' in tail else [])
+    assert rows == ([300] if not tail else [301] if '"' in tail else [])
     slow = pd.read_csv(path, skipinitialspace=True)
     assert list(fast.dtypes.astype(str)) == list(slow.dtypes.astype(str))
     pd.testing.assert_frame_equal(fast, slow, check_dtype=False)

@@ -26,7 +26,7 @@ from multitask.data.preprocessing import TabularPreprocessor
 from multitask.data.targets import TargetCodec, codecs_for, target_columns
 
 SPLIT_VALUES = ("train", "val", "test")
-PIECE = 64 << 20  # bytes of CSV handed to pyarrow at a time: its buffers stay small, its threads stay busy
+SNIFF = 1 << 20  # bytes of a CSV's first rows whose column types pyarrow's whole read is given
 
 
 # pandas.read_csv's default missing-value markers: the fast reader is given the same list
@@ -64,9 +64,10 @@ def _arrow_csv(p: Path, sep: str, header: list[str], columns: Sequence[str] | No
     """The table read by pyarrow's multithreaded CSV reader, as the DataFrame `pandas.read_csv` would give
     (except that float columns not in `keep_float64` are float32, half the memory), or None, and pandas reads
     it, when pyarrow is missing, fails, or meets what the two readers treat differently: dates and times, text
-    with leading blanks (pandas is told to skip them). A file without quotes is handed over in pieces of
-    `PIECE` bytes cut at line ends, with the column types of its first rows (a later row that does not fit
-    them is a failure: pandas reads the file)."""
+    with leading blanks (pandas is told to skip them). The whole file is read with the column types of its
+    first rows, so no column is read twice and float features never pass through float64 (a later row that
+    does not fit them is a failure: pandas reads the file); a column empty in the first rows is left to
+    pyarrow's inference."""
     try:
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -78,17 +79,15 @@ def _arrow_csv(p: Path, sep: str, header: list[str], columns: Sequence[str] | No
     convert = dict(include_columns=columns, null_values=NULL_VALUES, strings_can_be_null=True,
                    quoted_strings_can_be_null=True, timestamp_parsers=[])
     try:
-        with pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=min(1 << 20, PIECE)), parse_options=parse,
+        with pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=SNIFF), parse_options=parse,
                             convert_options=pacsv.ConvertOptions(**convert), memory_pool=pool) as first:
             sniffed = first.schema  # the types of the first rows
         types = {f.name: (pa.float32() if pa.types.is_floating(f.type) and f.name not in keep_float64 else f.type)
                  for f in sniffed}
-        table = None
-        if not any(pa.types.is_null(t) for t in types.values()):
-            table = _csv_pieces(p, header, parse, pacsv.ConvertOptions(column_types=types, **convert), pool)
-        if table is None:
-            table = pacsv.read_csv(p, parse_options=parse, convert_options=pacsv.ConvertOptions(
-                column_types={k: t for k, t in types.items() if t == pa.float32()}, **convert), memory_pool=pool)
+        if any(pa.types.is_null(t) for t in types.values()):  # empty in the first rows: only floats are fixed
+            types = {k: t for k, t in types.items() if t == pa.float32()}
+        table = pacsv.read_csv(p, parse_options=parse, convert_options=pacsv.ConvertOptions(column_types=types,
+                               **convert), memory_pool=pool)
     except (pa.ArrowException, OSError, ValueError):  # a malformed row, text in a float column...: pandas says
         return None
     for i, f in enumerate(table.schema):
@@ -126,31 +125,6 @@ def _arrow_parquet(p: Path, columns: Sequence[str] | None, keep_float64: Collect
             col = pc.cast(col, pa.float32(), memory_pool=pool)
         read.append(col)
     return pa.table(read, names=names).to_pandas(split_blocks=True, self_destruct=True, memory_pool=pool)
-
-
-def _csv_pieces(p: Path, header: list[str], parse: Any, convert: Any, pool: Any) -> Any:
-    """The CSV read in pieces of about `PIECE` bytes, cut at line ends, as one arrow table; None when a piece
-    holds a quote (a quoted cell may span lines, so a cut could split it)."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    read = pacsv.ReadOptions(column_names=header)
-    pieces = []
-    with open(p, "rb") as f:
-        f.readline()  # the header, already parsed
-        while True:
-            chunk = f.read(PIECE)
-            if not chunk:
-                break
-            chunk += f.readline()  # up to the end of the line
-            if b'"' in chunk:
-                return None
-            pieces.append(pacsv.read_csv(pa.py_buffer(chunk), read_options=read, parse_options=parse,
-                                         convert_options=convert, memory_pool=pool))
-            del chunk
-    if not pieces:
-        return None
-    return pa.concat_tables(pieces)
 
 
 def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: int | None = None,
