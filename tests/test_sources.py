@@ -459,3 +459,19 @@ def test_select_tasks_on_sources_is_refused_with_the_way_to_do_it(tmp_path):
     with pytest.raises(ValueError, match=r"load_sources\(\.\.\., tasks=\[\.\.\.\]\)"):
         bundle.select_tasks(["topic", "length"])
     assert load_sources(sources_spec(tmp_path), tasks=["topic", "length"]).info["rows"].keys() == {"caption"}
+
+
+def test_a_source_with_a_byte_order_mark_and_label_errors_name_their_source(tmp_path):
+    a, c = write_sources(tmp_path)
+    (tmp_path / "caption.csv").write_text("\ufeff" + (tmp_path / "caption.csv").read_text(), encoding="utf-8")
+    bundle = load_sources(sources_spec(tmp_path))  # the mark is not part of the first column's name
+    assert {"topic", "length", "action"} == {t.name for t in bundle.tasks}
+    c.loc[c.index[-3:], "topic"] = "weather"
+    c["fold"] = ["train"] * (len(c) - 13) + ["val"] * 10 + ["test"] * 3
+    c.to_csv(tmp_path / "caption.csv", index=False)
+    spec = sources_spec(tmp_path)
+    spec["caption"]["split"] = {"column": "fold"}
+    spec["caption"]["features"] = ["x1", "x2", "color"]
+    spec["action"]["features"] = ["x1", "x2", "color"]
+    with pytest.raises(ValueError, match=r"source 'caption' \(.*caption.csv\): target 'topic': 3 rows hold labels"):
+        load_sources(spec)

@@ -274,3 +274,46 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column_name(tmp_path):
     path = tmp_path / "bom.csv"
     path.write_bytes("a,b\n1,x\n2,y\n".encode("utf-8-sig"))
     assert list(table.read_table(path).columns) == ["a", "b"]
+
+
+# ------------------------------------------------------------------------------------------ found in review
+def test_features_that_float32_cannot_resolve_are_read_exactly(tmp_path):
+    """A feature like a timestamp in seconds (1.7e9 + a few units) read as float32 would be one constant value;
+    it is read again in float64, and a declared categorical float column keeps its text as written."""
+    rng = np.random.default_rng(0)
+    n = 300
+    t = 1.7e9 + rng.normal(0, 3, n).round(2)
+    df = pd.DataFrame({"t": t, "code": rng.choice([0.1, 0.2, 1.5], n), "y": (t - 1.7e9 > 0).astype(int)})
+    df.to_csv(tmp_path / "t.csv", index=False)
+    bundle = table.load_table(tmp_path / "t.csv", {"y": "binary"}, categorical=["code"])
+    pre = bundle.preprocessor
+    assert 2.5 < pre.stds["t"] < 3.5  # N(0, 3) around 1.7e9; as float32 it read as one value (std 1 stood in)
+    x = bundle.train.inputs["num"][:, 0]
+    assert len(torch.unique(x)) > 100  # the rows are told apart
+    assert sorted(pre.vocab["code"])[:3] == ["0.1", "0.2", "1.5"]
+    assert table.float32_lossy(pd.DataFrame({"a": np.float32([1e9, 1e9 + 64])})) == ["a"]
+    assert table.float32_lossy(pd.DataFrame({"a": np.float32([1.0, 2.0])})) == []
+
+
+def test_text_in_a_mostly_numeric_column_is_an_error_not_a_category(tmp_path):
+    df = penguins(200)
+    df["bill_length_mm"] = df["bill_length_mm"].astype(object)
+    df.loc[7, "bill_length_mm"] = "abc"
+    df.to_csv(tmp_path / "p.csv", index=False)
+    with pytest.raises(ValueError, match=r"feature column 'bill_length_mm' must be numeric: 1 row holds text .*'abc'"):
+        table.load_table(tmp_path / "p.csv", {"species": None})
+    assert table.categorical_features(df, ["island", "bill_length_mm"]) == ["island"]
+
+
+def test_label_errors_name_the_file_and_split_options_are_checked(tmp_path):
+    df = penguins(200)
+    df.loc[df.index[-5:], "species"] = "Emperor"  # only in the last rows: the split column puts them in test
+    df["fold"] = ["train"] * 150 + ["val"] * 20 + ["test"] * 30
+    path = tmp_path / "p.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=rf"^{path}: target 'species': 5 rows hold labels that the training rows never"):
+        table.load_table(path, {"species": None}, split={"column": "fold"})
+    with pytest.raises(ValueError, match=r"split: unknown option\(s\) \['tset_fraction', 'val_frac'\]"):
+        MultiTaskData.from_frame(penguins(100), {"species": None}, split={"val_frac": 0.5, "tset_fraction": 0.5})
+    with pytest.raises(ValueError, match="val_fraction 0.6 and test_fraction 0.6 must each be in"):
+        MultiTaskData.from_frame(penguins(100), {"species": None}, split={"val_fraction": 0.6, "test_fraction": 0.6})

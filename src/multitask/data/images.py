@@ -182,7 +182,7 @@ def load_image_table(path: str | Path, image_column: str, targets: dict[str, Any
                      split: dict[str, Any] | None = None, limit: int | None = None) -> DatasetBundle:
     """The bundle of a table of image paths and targets: inputs uint8 [N, C, H, W], targets as for any table
     (`multitask.data.targets`), normalisation statistics of the training images in the preprocessor."""
-    from multitask.data.table import _split, read_table
+    from multitask.data.table import read_table, split_rows
     from multitask.data.targets import codecs_for, target_columns
 
     path = Path(path)
@@ -197,7 +197,7 @@ def load_image_table(path: str | Path, image_column: str, targets: dict[str, Any
     if ignored:
         notes.append(f"columns ignored (an image table's only input is its image): {', '.join(ignored)}")
     notes.append(f"images: {spec.channels} channel(s), resized to {spec.height}x{spec.width}")
-    parts = _split(df, split, path)
+    parts = split_rows(df, split, path)
     images = read_images(df, image_column, path.parent, spec.height, spec.width, spec.channels, str(path))
     fit_rows = df.iloc[parts["train"].numpy()]
     for codec in codecs:

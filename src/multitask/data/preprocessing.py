@@ -22,12 +22,8 @@ from multitask.models.layers import InputSchema
 UNKNOWN = 0  # index of categories never seen in training
 MISSING = "<missing>"  # an empty categorical cell is a category of its own
 INDICATOR = "__missing"  # suffix of a numeric column's missing-value indicator
-FAR_STDS = 3.0
-BLOCK = 16384  # rows filled at a time by transform  # predict warns about values beyond the training min/max by more than this many training stds
-
-
-def _as_text(col: pd.Series) -> pd.Series:
-    return col.astype(object).where(col.notna(), MISSING).map(str)
+FAR_STDS = 3.0  # predict warns about values beyond the training min/max by more than this many training stds
+BLOCK = 16384  # rows filled at a time by transform
 
 
 def _rows(k: int) -> str:

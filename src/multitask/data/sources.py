@@ -17,7 +17,6 @@ so `predict` takes any row of those feature columns. How training steps draw fro
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,7 +26,7 @@ import torch
 from multitask.data.dataset import DatasetBundle, MultiTaskData
 from multitask.data.preprocessing import TabularPreprocessor
 from multitask.data.sampling import SourceBatches, make_rule
-from multitask.data.table import _split, planned_codecs, read_table
+from multitask.data.table import categorical_features, planned_codecs, read_header, read_table, split_rows
 from multitask.data.targets import TargetCodec, codecs_for
 
 SPLITS = ("train", "val", "test")
@@ -40,18 +39,9 @@ def declared_columns(targets: Mapping[str, Any]) -> set[str]:
 
 
 def header(path: str | Path) -> list[str]:
-    """The column names of a table file, reading no rows of a CSV/TSV."""
-    p = Path(path)
-    if p.suffix.lower() in (".csv", ".tsv", ".txt"):
-        try:
-            with open(p, encoding="utf-8", newline="") as f:
-                row = next(csv.reader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ","), None)
-        except UnicodeDecodeError:
-            raise ValueError(f"{p} is not UTF-8 text: is it a {p.suffix[1:].upper()} file?") from None
-        if not row:
-            raise ValueError(f"{p} is empty (expected a header row)")
-        return [c.strip() for c in row]
-    return list(read_table(p).columns)
+    """The column names of a table file as the loader reads them (a byte-order mark and the blanks after a
+    delimiter dropped, as pandas drops them), reading no rows."""
+    return [c.lstrip("\ufeff").lstrip(" ") for c in read_header(path)]
 
 
 def feature_columns(path: str | Path, spec: Mapping[str, Any], columns: Sequence[str] | None = None,
@@ -137,15 +127,21 @@ def load_sources(sources: Mapping[str, Mapping[str, Any]], split: Mapping[str, A
     for name, spec in sources.items():
         path = Path(spec["path"])
         df = read_table(path, limit=spec.get("limit") or limit)
-        codecs, found = codecs_for(df, dict(spec["targets"]))
+        try:
+            codecs, found = codecs_for(df, dict(spec["targets"]))
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"source {name!r} ({path}): {e.args[0] if e.args else e}") from None
         notes += [f"{name}: {n}" for n in found]
         if tasks is not None:
             codecs = [c for c in codecs if c.name in tasks]
             if not codecs:
                 continue  # no task of this source is trained: its rows would teach nothing
-        parts[name] = _split(df, dict(spec.get("split") or split or {}), path)
-        for codec in codecs:
-            codec.fit(df.iloc[parts[name]["train"].numpy()])
+        parts[name] = split_rows(df, dict(spec.get("split") or split or {}), path)
+        try:
+            for codec in codecs:
+                codec.fit(df.iloc[parts[name]["train"].numpy()])
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"source {name!r} ({path}): {e.args[0] if e.args else e}") from None
         frames[name], codecs_of[name] = df, codecs
     if not frames:
         raise ValueError(f"none of the sources has any of the tasks {list(tasks or [])}")
@@ -160,8 +156,7 @@ def load_sources(sources: Mapping[str, Mapping[str, Any]], split: Mapping[str, A
             raise ValueError(f"categorical {sorted(set(unknown))} are not feature columns")
         cat_cols = [c for c in features if c in declared]
     else:
-        cat_cols = [c for c in features if not pd.api.types.is_numeric_dtype(union[c])
-                    or pd.api.types.is_bool_dtype(union[c])]
+        cat_cols = categorical_features(union, features)
         if cat_cols:
             notes.append(f"categorical features (text or boolean columns): {', '.join(cat_cols)}")
     num_cols = [c for c in features if c not in cat_cols]
@@ -178,7 +173,10 @@ def load_sources(sources: Mapping[str, Mapping[str, Any]], split: Mapping[str, A
         targets = {}
         for n, block in zip(names, blocks):
             for codec in codecs_of[n]:
-                own = codec.encode(block)
+                try:  # e.g. a label in val/test that the training rows never had
+                    own = codec.encode(block)
+                except (ValueError, KeyError) as e:
+                    raise ValueError(f"source {n!r} ({sources[n]['path']}): {e.args[0] if e.args else e}") from None
                 targets[codec.name] = torch.cat([own if m == n else _missing_like(own, len(b))
                                                  for m, b in zip(names, blocks)])
         data[k] = MultiTaskData(inputs, targets)

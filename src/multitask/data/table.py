@@ -127,6 +127,37 @@ def _arrow_parquet(p: Path, columns: Sequence[str] | None, keep_float64: Collect
     return pa.table(read, names=names).to_pandas(split_blocks=True, self_destruct=True, memory_pool=pool)
 
 
+def read_header(path: str | Path) -> list[str]:
+    """The column names of a table file as `read_table` gives them, reading no rows (a CSV's first line, a
+    Parquet file's schema); a ValueError naming the file when it is not UTF-8, empty or has duplicate names."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            schema = pq.read_schema(p)
+            index = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+            return [n for n in schema.names if n not in index]
+        except ImportError:
+            raise ValueError(f"{p}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+        except Exception as e:  # pyarrow's own errors for a damaged file
+            raise ValueError(f"{p} cannot be read as Parquet ({' '.join(str(e).split())[:200]})") from None
+    if suffix not in (".csv", ".tsv", ".txt"):
+        raise ValueError(f"{p}: unknown table format {suffix!r}; use .csv, .tsv or .parquet")
+    try:
+        with open(p, encoding="utf-8", newline="") as f:
+            header = next(csv.reader(f, delimiter="\t" if suffix == ".tsv" else ","), None)
+    except UnicodeDecodeError:
+        raise ValueError(f"{p} is not UTF-8 text: is it a {suffix[1:].upper()} file?") from None
+    if not header:
+        raise ValueError(f"{p} is empty (expected a header row)")
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated:
+        raise ValueError(f"{p}: duplicate column name(s) {duplicated}")
+    return header
+
+
 def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: int | None = None,
                keep_float64: Collection[str] | None = None) -> pd.DataFrame:
     """A .csv, .tsv or .parquet file as a DataFrame; a ValueError naming the file for anything unreadable.
@@ -151,19 +182,8 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: in
         except Exception as e:  # pyarrow's own errors for a damaged file
             raise ValueError(f"{p} cannot be read as Parquet ({' '.join(str(e).split())[:200]})") from None
         return df.head(limit) if limit else df
-    if suffix not in (".csv", ".tsv", ".txt"):
-        raise ValueError(f"{p}: unknown table format {suffix!r}; use .csv, .tsv or .parquet")
+    header = read_header(p)
     sep = "\t" if suffix == ".tsv" else ","
-    try:
-        with open(p, encoding="utf-8", newline="") as f:
-            header = next(csv.reader(f, delimiter=sep), None)
-    except UnicodeDecodeError:
-        raise ValueError(f"{p} is not UTF-8 text: is it a {suffix[1:].upper()} file?") from None
-    if not header:
-        raise ValueError(f"{p} is empty (expected a header row)")
-    duplicated = sorted({c for c in header if header.count(c) > 1})
-    if duplicated:
-        raise ValueError(f"{p}: duplicate column name(s) {duplicated}")
     df = None
     if (limit is None and all(c == c.strip() for c in header) and not header[0].startswith("\ufeff")
             and (not columns or set(columns) <= set(header))):
@@ -180,7 +200,15 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: in
     return df
 
 
-def _split(df: pd.DataFrame, split: dict[str, Any], path: Path | str) -> dict[str, torch.Tensor]:
+SPLIT_OPTIONS = ("val_fraction", "test_fraction", "seed", "column")
+
+
+def split_rows(df: pd.DataFrame, split: dict[str, Any], path: Path | str) -> dict[str, torch.Tensor]:
+    """Row indices of train/val/test: random fractions (`val_fraction`, `test_fraction`, `seed`) or a
+    `column` holding train/val/test; a ValueError naming `path` for an unknown option or a bad value."""
+    unknown = sorted(set(split) - set(SPLIT_OPTIONS))
+    if unknown:
+        raise ValueError(f"{path}: split: unknown option(s) {unknown}; it takes {', '.join(SPLIT_OPTIONS)}")
     column = split.get("column")
     if column is not None:
         if column not in df.columns:
@@ -193,6 +221,9 @@ def _split(df: pd.DataFrame, split: dict[str, Any], path: Path | str) -> dict[st
         out = {k: torch.as_tensor((values == k).to_numpy().nonzero()[0]) for k in SPLIT_VALUES}
     else:
         val, test = float(split.get("val_fraction", 0.1)), float(split.get("test_fraction", 0.2))
+        if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
+            raise ValueError(f"{path}: split: val_fraction {val:g} and test_fraction {test:g} must each be in (0, 1) "
+                             "and add up to less than 1 (the rest is for training)")
         out = split_indices(len(df), {"train": 1.0 - val - test, "val": val, "test": test}, int(split.get("seed", 0)))
     for k in ("train", "val", "test"):
         if len(out[k]) == 0:
@@ -206,10 +237,46 @@ def load_table(path: str | Path, targets: dict[str, Any], features: str | Sequen
     """The bundle of a user's table; `bundle.info["codecs"]` holds the fitted target codecs and
     `bundle.info["notes"]` what was inferred (kinds of targets, categorical features)."""
     path = Path(path)
-    wide = set(targets or {}) | {c for spec in (targets or {}).values() if isinstance(spec, dict)
-                                 for c in spec.get("columns", [])} | {(split or {}).get("column")}
+    wide = (set(targets or {}) | {c for spec in (targets or {}).values() if isinstance(spec, dict)
+                                  for c in spec.get("columns", [])} | {(split or {}).get("column")}
+            | set(categorical or ()))  # categories are compared as text: read them exactly
     df = read_table(path, limit=limit, keep_float64=wide)  # features may be read as float32 (targets not)
+    lossy = float32_lossy(df)
+    if lossy:  # e.g. timestamps in seconds: float32 cannot tell the values apart, so read them exactly
+        exact = read_table(path, columns=lossy, limit=limit, keep_float64=set(lossy))
+        for c in lossy:
+            df[c] = exact[c]
     return bundle_from_frame(df, targets, features, categorical, split, missing_indicator, source=str(path))
+
+
+def float32_lossy(df: pd.DataFrame, resolution: float = 1e-3, sample: int = 10_000) -> list[str]:
+    """The float32 columns whose spacing of representable values near their largest magnitude exceeds
+    `resolution` x their standard deviation (both estimated on up to `sample` evenly spaced rows): read as
+    float32 they would lose most of what tells rows apart."""
+    out = []
+    step = max(1, len(df) // sample)
+    for c in df.columns:
+        a = df[c].to_numpy()[::step]
+        if a.dtype == np.float32 and not np.isnan(a).all():
+            big, std = float(np.nanmax(np.abs(a))), float(np.nanstd(a, dtype=np.float64))
+            if big * 2.0 ** -23 > resolution * std:
+                out.append(c)
+    return out
+
+
+def looks_numeric(col: pd.Series, sample: int = 1000, share: float = 0.9) -> bool:
+    """True when at least `share` of (up to `sample` of) the non-empty cells of a text column are numbers: a
+    numeric column with a few typos, which must be an error naming them, not a categorical feature."""
+    present = col.dropna().head(sample)
+    present = present[present.astype(str).str.strip() != ""]
+    return len(present) > 0 and float(pd.to_numeric(present, errors="coerce").notna().mean()) >= share
+
+
+def categorical_features(df: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """The features read as categorical when none are declared: text and boolean columns, except text columns
+    that are mostly numbers (`looks_numeric`; their text cells are then reported as an error)."""
+    return [c for c in columns if pd.api.types.is_bool_dtype(df[c])
+            or (not pd.api.types.is_numeric_dtype(df[c]) and not looks_numeric(df[c]))]
 
 
 def bundle_from_frame(df: pd.DataFrame, targets: dict[str, Any], features: str | Sequence[str] = "auto",
@@ -231,7 +298,10 @@ def bundle_from_frame(df: pd.DataFrame, targets: dict[str, Any], features: str |
     duplicated = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
     if duplicated:
         raise ValueError(f"{path}: duplicate column name(s) {duplicated}")
-    codecs, notes = codecs_for(df, targets)
+    try:
+        codecs, notes = codecs_for(df, targets)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{path}: {_reason(e)}") from None
     used = target_columns(codecs) | ({split["column"]} if split.get("column") else set())
     if features == "auto":
         feature_cols = [c for c in df.columns if c not in used]
@@ -245,8 +315,7 @@ def bundle_from_frame(df: pd.DataFrame, targets: dict[str, Any], features: str |
     if not feature_cols:
         raise ValueError(f"{path}: no feature columns are left besides the targets")
     if categorical is None:
-        cat_cols = [c for c in feature_cols if not pd.api.types.is_numeric_dtype(df[c])
-                    or pd.api.types.is_bool_dtype(df[c])]
+        cat_cols = categorical_features(df, feature_cols)
         if cat_cols:
             notes.append(f"categorical features (text or boolean columns): {', '.join(cat_cols)}")
     else:
@@ -255,13 +324,16 @@ def bundle_from_frame(df: pd.DataFrame, targets: dict[str, Any], features: str |
             raise ValueError(f"{path}: categorical {unknown} are not feature columns")
         cat_cols = list(categorical)
     num_cols = [c for c in feature_cols if c not in cat_cols]
-    parts = _split(df, split, path)
+    parts = split_rows(df, split, path)
     train_rows = parts["train"].numpy()
     order = np.concatenate([parts[k].numpy() for k in SPLIT_VALUES])  # the rows of train, then val, then test
     bounds = np.cumsum([0] + [len(parts[k]) for k in SPLIT_VALUES])
-    for codec in codecs:
-        codec.fit(df[codec.columns].iloc[train_rows])
-    y = {codec.name: codec.encode(df)[torch.from_numpy(order)] for codec in codecs}
+    try:
+        for codec in codecs:
+            codec.fit(df[codec.columns].iloc[train_rows])
+        y = {codec.name: codec.encode(df)[torch.from_numpy(order)] for codec in codecs}
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{path}: {_reason(e)}") from None
     pre = TabularPreprocessor(num_cols, cat_cols, missing_indicator=missing_indicator).fit(df, rows=train_rows)
     if pre.indicators:
         notes.append(f"missing-value indicators: {', '.join(pre.indicators)}")
@@ -280,6 +352,16 @@ def planned_codecs(path: str | Path, targets: dict[str, Any]) -> list[TargetCode
     before the data is loaded (the run refits them on the training rows)."""
     wanted = sorted({c for name, spec in targets.items()
                      for c in (spec.get("columns", [name]) if isinstance(spec, dict) else [name])})
+    header = read_header(path)
+    absent = [c for c in wanted if c not in header]
+    if absent:
+        raise ValueError(f"{path}: target column(s) {absent} not in the table; it has "
+                         f"{', '.join(header[:12])}{', ...' if len(header) > 12 else ''}")
     df = read_table(path, columns=wanted)
     codecs, _ = codecs_for(df, targets)
     return [c.fit(df) for c in codecs]
+
+
+def _reason(e: BaseException) -> str:
+    """An exception's message (a KeyError's without the quotes str() adds)."""
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
