@@ -256,8 +256,10 @@ def float32_lossy(df: pd.DataFrame, resolution: float = 1e-3, sample: int = 10_0
     out = []
     step = max(1, len(df) // sample)
     for c in df.columns:
+        if df[c].dtype != np.float32:
+            continue
         a = df[c].to_numpy()[::step]
-        if a.dtype == np.float32 and not np.isnan(a).all():
+        if not np.isnan(a).all():
             big, std = float(np.nanmax(np.abs(a))), float(np.nanstd(a, dtype=np.float64))
             if big * 2.0 ** -23 > resolution * std:
                 out.append(c)
