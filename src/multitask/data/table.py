@@ -59,7 +59,7 @@ def _to_pandas(table: Any, keep_float64: Collection[str], pool: Any) -> pd.DataF
     return table.to_pandas(split_blocks=True, self_destruct=True, memory_pool=pool)
 
 
-def _arrow_csv(p: Path, sep: str, header: list[str], columns: Sequence[str] | None,
+def _arrow_csv(p: Path, sep: str, columns: Sequence[str] | None,
                keep_float64: Collection[str]) -> pd.DataFrame | None:
     """The table read by pyarrow's multithreaded CSV reader, as the DataFrame `pandas.read_csv` would give
     (except that float columns not in `keep_float64` are float32, half the memory), or None, and pandas reads
@@ -187,7 +187,7 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, limit: in
     df = None
     if (limit is None and all(c == c.strip() for c in header) and not header[0].startswith("\ufeff")
             and (not columns or set(columns) <= set(header))):
-        df = _arrow_csv(p, sep, header, [c for c in header if c in columns] if columns else None,
+        df = _arrow_csv(p, sep, [c for c in header if c in columns] if columns else None,
                         set(header) if keep_float64 is None else set(keep_float64))
     if df is None:
         try:
