@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from multitask import errors
 from multitask.config import ConfigError
 
 
@@ -132,7 +133,7 @@ def _predict(args: argparse.Namespace) -> int:
     try:
         inputs, seen = pre.transform_with_report(df)
     except (KeyError, ValueError, TypeError) as e:
-        raise ConfigError(f"--input {args.input}: {e.args[0] if e.args else e}") from None
+        raise ConfigError(f"--input {args.input}: {errors.message(e)}") from None
     for line in seen.lines():  # unseen categories, numbers far outside the training range
         print(f"multitask: warning: --input {args.input}: {line}", file=sys.stderr)
     preds = trainer.predict(inputs, wanted)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from multitask.balancing import BALANCERS
 from multitask.data import DATASET_ROWS, DATASET_TASKS, dataset_tasks
+from multitask.errors import message
 from multitask.models import MODELS, builder
 
 
@@ -522,7 +523,7 @@ def shared_model_options(cfg: RunConfig, name: str) -> dict[str, Any]:
 
 
 def _reason(e: BaseException) -> str:
-    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    text = message(e)
     return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 

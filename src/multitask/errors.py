@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 
+def message(e: BaseException) -> str:
+    """An exception's message as its raiser wrote it (a KeyError's without the quotes str() adds)."""
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+
+
 class NonFiniteError(FloatingPointError):
     """A loss or gradient became NaN or infinite; `tasks` names the tasks whose losses were not finite."""
 

@@ -26,6 +26,7 @@ from multitask.models import ImageSpec, InputSchema, MultiTaskModel
 from multitask.tasks import Task
 from multitask.training import Trainer, TrainerConfig, read_metrics
 from multitask.training.checkpoint import remove_temporaries
+from multitask.errors import message
 
 
 def load_data(cfg: RunConfig) -> DatasetBundle:
@@ -39,7 +40,7 @@ def load_data(cfg: RunConfig) -> DatasetBundle:
                                   d.split.model_dump() if d.split else None, d.limit,
                                   list(cfg.tasks) if cfg.tasks else None, d.sampling or "proportional", d.temperature)
         except (ValueError, KeyError, TypeError) as e:
-            reason = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+            reason = message(e)
             raise ConfigError(f"data.sources: {' '.join(reason.split())}") from None
         for note in bundle.info["notes"]:
             print(f"[multitask] {note}")
@@ -57,7 +58,7 @@ def load_data(cfg: RunConfig) -> DatasetBundle:
                 bundle = load_table(d.path, d.targets, d.features, d.categorical,
                                     (d.split.model_dump() if d.split else None), d.limit, d.missing_indicator)
         except (ValueError, KeyError, TypeError) as e:
-            reason = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+            reason = message(e)
             raise ConfigError(f"data: {' '.join(reason.split())}") from None
         for note in bundle.info["notes"]:
             print(f"[multitask] {note}")
@@ -70,7 +71,7 @@ def load_data(cfg: RunConfig) -> DatasetBundle:
         chosen = {"tasks": list(cfg.tasks) if cfg.tasks else None} if d.name == "census-income" else {}
         bundle = DATASETS[d.name](path=d.path, val_fraction=d.val_fraction, seed=d.seed, limit=d.limit, **chosen)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        reason = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        reason = message(e)
         where = f" ({d.path})" if d.path else ""
         raise ConfigError(f"data: {d.name}{where}: {' '.join(reason.split())}") from None
     if cfg.tasks is None:

@@ -28,6 +28,7 @@ from multitask.data.preprocessing import TabularPreprocessor
 from multitask.data.sampling import SourceBatches, make_rule
 from multitask.data.table import categorical_features, planned_codecs, read_header, read_table, split_rows
 from multitask.data.targets import TargetCodec, codecs_for
+from multitask.errors import message
 
 SPLITS = ("train", "val", "test")
 
@@ -98,7 +99,7 @@ def planned_source_codecs(sources: Mapping[str, Mapping[str, Any]]) -> list[Targ
         try:
             out += planned_codecs(spec["path"], spec["targets"])
         except (ValueError, KeyError, TypeError) as e:
-            reason = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+            reason = message(e)
             raise ValueError(f"source {name!r}: {reason}") from None
     return out
 
@@ -130,7 +131,7 @@ def load_sources(sources: Mapping[str, Mapping[str, Any]], split: Mapping[str, A
         try:
             codecs, found = codecs_for(df, dict(spec["targets"]))
         except (ValueError, KeyError) as e:
-            raise ValueError(f"source {name!r} ({path}): {e.args[0] if e.args else e}") from None
+            raise ValueError(f"source {name!r} ({path}): {message(e)}") from None
         notes += [f"{name}: {n}" for n in found]
         if tasks is not None:
             codecs = [c for c in codecs if c.name in tasks]
@@ -141,7 +142,7 @@ def load_sources(sources: Mapping[str, Mapping[str, Any]], split: Mapping[str, A
             for codec in codecs:
                 codec.fit(df.iloc[parts[name]["train"].numpy()])
         except (ValueError, KeyError) as e:
-            raise ValueError(f"source {name!r} ({path}): {e.args[0] if e.args else e}") from None
+            raise ValueError(f"source {name!r} ({path}): {message(e)}") from None
         frames[name], codecs_of[name] = df, codecs
     if not frames:
         raise ValueError(f"none of the sources has any of the tasks {list(tasks or [])}")
@@ -176,7 +177,7 @@ def load_sources(sources: Mapping[str, Mapping[str, Any]], split: Mapping[str, A
                 try:  # e.g. a label in val/test that the training rows never had
                     own = codec.encode(block)
                 except (ValueError, KeyError) as e:
-                    raise ValueError(f"source {n!r} ({sources[n]['path']}): {e.args[0] if e.args else e}") from None
+                    raise ValueError(f"source {n!r} ({sources[n]['path']}): {message(e)}") from None
                 targets[codec.name] = torch.cat([own if m == n else _missing_like(own, len(b))
                                                  for m, b in zip(names, blocks)])
         data[k] = MultiTaskData(inputs, targets)

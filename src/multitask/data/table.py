@@ -23,6 +23,7 @@ import torch
 
 from multitask.data.dataset import DatasetBundle, MultiTaskData, split_indices
 from multitask.data.preprocessing import TabularPreprocessor
+from multitask.errors import message
 from multitask.data.targets import TargetCodec, codecs_for, target_columns
 
 SPLIT_VALUES = ("train", "val", "test")
@@ -303,7 +304,7 @@ def bundle_from_frame(df: pd.DataFrame, targets: dict[str, Any], features: str |
     try:
         codecs, notes = codecs_for(df, targets)
     except (ValueError, KeyError) as e:
-        raise ValueError(f"{path}: {_reason(e)}") from None
+        raise ValueError(f"{path}: {message(e)}") from None
     used = target_columns(codecs) | ({split["column"]} if split.get("column") else set())
     if features == "auto":
         feature_cols = [c for c in df.columns if c not in used]
@@ -335,7 +336,7 @@ def bundle_from_frame(df: pd.DataFrame, targets: dict[str, Any], features: str |
             codec.fit(df[codec.columns].iloc[train_rows])
         y = {codec.name: codec.encode(df)[torch.from_numpy(order)] for codec in codecs}
     except (ValueError, KeyError) as e:
-        raise ValueError(f"{path}: {_reason(e)}") from None
+        raise ValueError(f"{path}: {message(e)}") from None
     pre = TabularPreprocessor(num_cols, cat_cols, missing_indicator=missing_indicator).fit(df, rows=train_rows)
     if pre.indicators:
         notes.append(f"missing-value indicators: {', '.join(pre.indicators)}")
@@ -363,7 +364,3 @@ def planned_codecs(path: str | Path, targets: dict[str, Any]) -> list[TargetCode
     codecs, _ = codecs_for(df, targets)
     return [c.fit(df) for c in codecs]
 
-
-def _reason(e: BaseException) -> str:
-    """An exception's message (a KeyError's without the quotes str() adds)."""
-    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)

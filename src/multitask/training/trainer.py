@@ -33,6 +33,7 @@ from multitask.training.checkpoint import (NEXT_BEST, load_run_state, load_weigh
                                            resolve_best, save_atomic)
 from multitask.training.accumulation import PartAccumulator
 from multitask.training.early_stopping import EarlyStopping
+from multitask.errors import message
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "cosine")
@@ -274,7 +275,7 @@ class Trainer:
                 try:
                     MultiTaskData(inputs, targets).check_tasks(tasks, what=f"training batch {k + 1}")
                 except (ValueError, TypeError, KeyError) as e:
-                    reason = e.args[0] if isinstance(e, KeyError) and e.args else e
+                    reason = message(e)
                     raise type(e)(f"training batch {k + 1}: {reason}") from None
                 masks = {}
                 for t, task in self.tasks.items():
