@@ -27,16 +27,10 @@ from multitask.data.dataset import DatasetBundle, MultiTaskData
 from multitask.data.preprocessing import TabularPreprocessor
 from multitask.data.sampling import SourceBatches, make_rule
 from multitask.data.table import categorical_features, planned_codecs, read_header, read_table, split_rows
-from multitask.data.targets import TargetCodec, codecs_for
+from multitask.data.targets import TargetCodec, codecs_for, declared_columns
 from multitask.errors import message
 
 SPLITS = ("train", "val", "test")
-
-
-def declared_columns(targets: Mapping[str, Any]) -> set[str]:
-    """The columns a `targets:` mapping uses (a multilabel target names its 0/1 columns)."""
-    return {c for name, spec in targets.items()
-            for c in (spec.get("columns", [name]) if isinstance(spec, dict) else [name])}
 
 
 def header(path: str | Path) -> list[str]:

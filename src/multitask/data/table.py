@@ -24,7 +24,7 @@ import torch
 from multitask.data.dataset import DatasetBundle, MultiTaskData, split_indices
 from multitask.data.preprocessing import TabularPreprocessor
 from multitask.errors import message
-from multitask.data.targets import TargetCodec, codecs_for, target_columns
+from multitask.data.targets import TargetCodec, codecs_for, declared_columns, target_columns
 
 SPLIT_VALUES = ("train", "val", "test")
 SNIFF = 1 << 20  # bytes of a CSV's first rows whose column types pyarrow's whole read is given
@@ -238,8 +238,7 @@ def load_table(path: str | Path, targets: dict[str, Any], features: str | Sequen
     """The bundle of a user's table; `bundle.info["codecs"]` holds the fitted target codecs and
     `bundle.info["notes"]` what was inferred (kinds of targets, categorical features)."""
     path = Path(path)
-    wide = (set(targets or {}) | {c for spec in (targets or {}).values() if isinstance(spec, dict)
-                                  for c in spec.get("columns", [])} | {(split or {}).get("column")}
+    wide = (declared_columns(targets or {}) | {(split or {}).get("column")}
             | set(categorical or ()))  # categories are compared as text: read them exactly
     df = read_table(path, limit=limit, keep_float64=wide)  # features may be read as float32 (targets not)
     lossy = float32_lossy(df)
@@ -353,8 +352,7 @@ def bundle_from_frame(df: pd.DataFrame, targets: dict[str, Any], features: str |
 def planned_codecs(path: str | Path, targets: dict[str, Any]) -> list[TargetCodec]:
     """The target codecs fitted on every row of the target columns alone: the tasks a config trains, known
     before the data is loaded (the run refits them on the training rows)."""
-    wanted = sorted({c for name, spec in targets.items()
-                     for c in (spec.get("columns", [name]) if isinstance(spec, dict) else [name])})
+    wanted = sorted(declared_columns(targets))
     header = read_header(path)
     absent = [c for c in wanted if c not in header]
     if absent:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -235,6 +235,12 @@ def with_target_scaling(tasks: Sequence[Task], codecs: Sequence[TargetCodec]) ->
             t = dataclasses.replace(t, target_mean=c.mean, target_std=c.std)
         out.append(t)
     return out
+
+
+def declared_columns(targets: Mapping[str, Any]) -> set[str]:
+    """The columns a `targets:` mapping uses (a multilabel target names its 0/1 columns), before any codec."""
+    return {c for name, spec in targets.items()
+            for c in (spec.get("columns", [name]) if isinstance(spec, dict) else [name])}
 
 
 def target_columns(codecs: Sequence[TargetCodec]) -> set[str]:
