@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from multitask.data.dataset import MultiTaskData, index_inputs
-from multitask.data.sampling import epoch_generator
+from multitask.data.sampling import epoch_generator, shuffled_batches
 
 
 def _stack(values: Sequence[Any], what: str) -> Tensor:
@@ -72,9 +72,8 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[int]]):
         return -(-self.n // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
-        for start in range(0, self.n, self.batch_size):
-            yield order[start:start + self.batch_size].tolist()
+        for idx in shuffled_batches(self.n, self.batch_size, epoch_generator(self.seed, self.epoch)):
+            yield idx.tolist()
 
 
 __all__ = ["collate", "RowsDataset", "EpochBatchSampler"]

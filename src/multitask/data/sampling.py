@@ -69,10 +69,7 @@ class ShuffledBatches(BatchPlan):
         self.data = data
 
     def epoch(self, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
-        n = len(self.data)
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            yield order[start:start + batch_size]
+        yield from shuffled_batches(len(self.data), batch_size, generator)
 
 
 # ------------------------------------------------------------------------------------------ rules
