@@ -319,13 +319,17 @@ def _check_table(d: DataConfig) -> None:
         raise ConfigError("data.path: a table needs the path of its CSV, TSV or Parquet file")
     if not d.targets:
         raise ConfigError("data.targets: name the target columns, e.g. {species: multiclass, body_mass_g: regression}")
-    p = Path(d.path).expanduser()
+    _check_table_file("data", d.path, d.split or SplitConfig())
+
+
+def _check_table_file(where: str, path: str, split: SplitConfig) -> None:
+    """`where`.path is a file and `where`.split leaves training rows (a table, or one source of several)."""
+    p = Path(path).expanduser()
     if not p.is_file():
-        raise ConfigError(f"data.path: {d.path} {'is a directory' if p.is_dir() else 'does not exist'}")
-    s = d.split or SplitConfig()
-    if s.column is None and s.val_fraction + s.test_fraction >= 1:
-        raise ConfigError(f"data.split: val_fraction {s.val_fraction:g} + test_fraction {s.test_fraction:g} leave no "
-                          "training rows (they must add up to less than 1)")
+        raise ConfigError(f"{where}.path: {path} {'is a directory' if p.is_dir() else 'does not exist'}")
+    if split.column is None and split.val_fraction + split.test_fraction >= 1:
+        raise ConfigError(f"{where}.split: val_fraction {split.val_fraction:g} + test_fraction "
+                          f"{split.test_fraction:g} leave no training rows (they must add up to less than 1)")
 
 
 def _check_sources(d: DataConfig) -> None:
@@ -350,13 +354,7 @@ def _check_sources(d: DataConfig) -> None:
         where = f"data.sources.{name}"
         if not s.targets:
             raise ConfigError(f"{where}.targets: name the source's target columns, e.g. {{topic: multiclass}}")
-        p = Path(s.path).expanduser()
-        if not p.is_file():
-            raise ConfigError(f"{where}.path: {s.path} {'is a directory' if p.is_dir() else 'does not exist'}")
-        split = s.split or d.split or SplitConfig()
-        if split.column is None and split.val_fraction + split.test_fraction >= 1:
-            raise ConfigError(f"{where}.split: val_fraction {split.val_fraction:g} + test_fraction "
-                              f"{split.test_fraction:g} leave no training rows (they must add up to less than 1)")
+        _check_table_file(where, s.path, s.split or d.split or SplitConfig())
     try:
         check_sources({n: s.model_dump() for n, s in d.sources.items()}, d.split.model_dump() if d.split else None)
     except (ValueError, KeyError, TypeError) as e:
