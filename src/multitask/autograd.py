@@ -40,14 +40,80 @@ def backward(model: MultiTaskModel, balancer: Balancer, inputs: Any, loss_of: Lo
     """Run one step's forward and write `.grad`; returns the per-task losses (with their graphs freed)."""
     tasks = balancer.task_names
     present = present if present is not None else {t: True for t in tasks}
+    penalties = model.penalties(tasks)
+    if penalties:  # a model's own loss terms (e.g. parameter distance) join their task's loss
+        loss_of = _with_penalties(loss_of, penalties)
     if isinstance(balancer, LossBalancer):
         outputs = model(inputs)
         losses = {t: loss_of(t, outputs[t]) for t in tasks}
         balancer.combine(losses, present).backward()
         return losses
     if isinstance(balancer, GradientBalancer):
+        if not model.shares_representation:
+            return _joint_step(model, balancer, inputs, loss_of, present)
         return _gradient_step(model, balancer, inputs, loss_of, present)
     raise TypeError(f"{type(balancer).__name__} requires {balancer.requires!r}, which this engine does not provide")
+
+
+def _with_penalties(loss_of: LossOf, penalties: Mapping[str, Tensor]) -> LossOf:
+    def with_penalty(t: str, output: Tensor) -> Tensor:
+        loss = loss_of(t, output)
+        return loss + penalties[t].to(loss.dtype) if t in penalties else loss
+    return with_penalty
+
+
+def _joint_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: Any, loss_of: LossOf,
+                present: Mapping[str, bool]) -> dict[str, Tensor]:
+    """Balancing for a family without a shared representation (cross-stitch, task-conditioned, ...): one
+    forward of the whole model, then one backward per present task into the shared parameters (J, T' x P)
+    and that task's own (and group) parameters. Parameters mode only."""
+    if balancer.mode == "features":
+        raise ValueError(model.feature_mode_error() or "mode 'features' needs a shared representation")
+    tasks = balancer.task_names
+    outputs = model(inputs)
+    losses = {t: loss_of(t, outputs[t]) for t in tasks}
+    with _without_autocast(tuple(outputs.values())):
+        active = [t for t in tasks if present[t]]
+        if not active:
+            return {t: l.detach() for t, l in losses.items()}
+        index = np.array([tasks.index(t) for t in active])
+        loss_values = torch.stack([losses[t].detach() for t in active])
+        _check_finite_losses(active, loss_values)
+        scales = balancer.head_weights(loss_values, index)
+        head_params, shared = _parameter_lists(model, balancer)
+        live = [i for i, t in enumerate(active) if losses[t].requires_grad]
+        J = _workspace(balancer, "J", (len(active), sum(p.numel() for p in shared)), shared[0]) if shared else None
+        if J is not None:
+            J.zero_()
+        wrt = shared + head_params
+        for k, i in enumerate(live):
+            grads = torch.autograd.grad(losses[active[i]], wrt, retain_graph=k < len(live) - 1, allow_unused=True)
+            offset = 0
+            for p, g in zip(shared, grads):
+                if g is not None:
+                    J[i, offset:offset + p.numel()] = g.reshape(-1)
+                offset += p.numel()
+            for p, g in zip(head_params, grads[len(shared):]):  # a task's own parameters: its (scaled) gradient
+                if g is not None:
+                    _accumulate(p, g if scales is None else g * scales[i].detach().to(g.dtype))
+        losses = {t: l.detach() for t, l in losses.items()}
+        if J is None:
+            balancer._record([1.0] * len(active), index)
+            return losses
+        recompute = balancer.recompute_now(index)
+        balancer.steps.add_(1)
+        if isinstance(balancer, GramianBalancer):
+            if recompute:
+                w = _solve(balancer, _stricter(balancer, _gram(J), lambda: _exact_gram(J)), loss_values, index)
+            else:
+                w = balancer.cached_weights[torch.as_tensor(index, device=balancer.cached_weights.device)]
+                balancer._record(w.tolist(), index)
+            d = w.to(J.dtype) @ J
+        else:
+            d = _aggregate(balancer, J, loss_values, index)
+        for p, g in zip(shared, _split(d, shared)):
+            _accumulate(p, g)
+        return losses
 
 
 def _as_parts(rep: Any) -> tuple[Tensor, ...]:
@@ -362,7 +428,8 @@ def _parameter_lists(model: MultiTaskModel, balancer: GradientBalancer) -> tuple
     space = _space(balancer)
     cached = space.get("params")
     if cached is None or cached[0] != key:
-        heads = _unique(p for t in balancer.task_names for p in model.task_parameters(t) if p.requires_grad)
+        heads = _unique([p for t in balancer.task_names for p in model.task_parameters(t) if p.requires_grad]
+                        + [p for ps in model.group_parameters().values() for p in ps if p.requires_grad])
         shared = [p for p in model.shared_parameters() if p.requires_grad]
         cached = space["params"] = (key, heads, shared)
     return cached[1], cached[2]

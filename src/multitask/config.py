@@ -503,11 +503,15 @@ def _try_build(cfg: RunConfig, tasks: list) -> None:
             where = "model" if name == cfg.model.name else f"model (the {name} baseline)"
             raise ConfigError(f"{where}: {_reason(e)}") from None
     try:
-        BALANCERS[cfg.balancer.name](tasks, **cfg.balancer.options)
+        balancer = BALANCERS[cfg.balancer.name](tasks, **cfg.balancer.options)
     except (ValueError, TypeError, RuntimeError, KeyError) as e:
         reason = _reason(e)
         prefix = "" if reason.lower().startswith(cfg.balancer.name.replace("_", "")) else f"{cfg.balancer.name}: "
         raise ConfigError(f"balancer: {prefix}{reason}") from None
+    from multitask.models import MODELS
+    refusal = MODELS[cfg.model.name].feature_mode_error()
+    if getattr(balancer, "mode", None) == "features" and refusal:
+        raise ConfigError(f"balancer.mode: {refusal} (model {cfg.model.name!r})")
     try:
         TrainerConfig(**cfg.trainer.model_dump())
     except (ValueError, TypeError) as e:

@@ -1,7 +1,7 @@
 """The contract every architecture keeps: one output per task, and a named split into shared and task parts."""
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 from torch import Tensor, nn
 
@@ -21,9 +21,17 @@ class MultiTaskModel(nn.Module):
 
     A model is ``heads(shared(inputs), tasks)``. ``shared`` computes the shared representation (what
     feature-level balancing methods differentiate against); ``heads`` runs only the requested tasks.
+
+    Families without such a split (cross-stitch columns, a task-conditioned network, ...) set
+    ``shares_representation = False`` and override `forward`; the gradient engine then takes every task's
+    gradient on the shared parameters from the whole model (parameters mode), and features mode is refused.
+    ``skips_work = False`` says that ``forward(tasks=[t])`` still computes every task's path (the outputs
+    are the asked ones only).
     """
 
     task_names: list[str]
+    shares_representation: ClassVar[bool] = True
+    skips_work: ClassVar[bool] = True
 
     def shared(self, inputs: Inputs) -> Representation:
         raise NotImplementedError
@@ -42,6 +50,27 @@ class MultiTaskModel(nn.Module):
     def task_parameters(self, task: str) -> Iterator[nn.Parameter]:
         """Parameters that only `task`'s loss depends on."""
         raise NotImplementedError
+
+    def group_parameters(self) -> dict[tuple[str, ...], list[nn.Parameter]]:
+        """Parameters that a strict subset of two or more tasks depends on (a branch of a tree that some tasks
+        share), keyed by those tasks. They get the plain sum of their tasks' gradients; only the parameters
+        every task shares receive the balanced direction. Empty by default."""
+        return {}
+
+    def penalties(self, tasks: Sequence[str]) -> dict[str, Tensor]:
+        """Extra training-loss terms, one per task that has one (e.g. a parameter-distance penalty between
+        task columns), added to that task's loss before balancing, so a balancer sees each as part of its
+        task's loss. A task's term may depend only on parameters that task's loss depends on anyway. Empty by
+        default; not part of evaluation losses."""
+        return {}
+
+    @classmethod
+    def feature_mode_error(cls) -> str | None:
+        """Why balancing in features mode is impossible for this family (None when it is possible)."""
+        if cls.shares_representation:
+            return None
+        return (f"{cls.__name__} has no representation that every task reads, so a balancer cannot work in "
+                "mode 'features' on it; use mode: parameters")
 
     def head_entries(self) -> dict[str, nn.Linear] | None:
         """Optional. Per task, the `nn.Linear` layer through which alone that task's head reads the shared

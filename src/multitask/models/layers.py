@@ -56,17 +56,31 @@ class TabularEncoder(nn.Module):
     """Concatenates numeric columns with one learned embedding per categorical column.
 
     Accepts ``{"num": float[N, d], "cat": long[N, c]}`` or a plain float tensor of numeric columns.
-    Embedding width per column is ``min(embedding_dim, (cardinality + 1) // 2)`` so tiny vocabularies stay small.
+    ``embedding_width="per_column"`` (default) gives a column ``min(embedding_dim, (cardinality + 1) // 2)``
+    dimensions so tiny vocabularies stay small; ``"same"`` gives every column `embedding_dim`.
+    ``embedding_std=None`` keeps PyTorch's N(0, 1) initialisation; a number draws N(0, std^2) instead (small
+    values such as 1e-4 start every category near zero, as torch-rechub does).
     """
 
-    def __init__(self, schema: InputSchema, embedding_dim: int = 8) -> None:
+    def __init__(self, schema: InputSchema, embedding_dim: int = 8, embedding_std: float | None = None,
+                 embedding_width: str = "per_column") -> None:
         super().__init__()
         if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
             raise ValueError(f"embedding_dim must be an integer >= 1, got {embedding_dim!r}")
+        if embedding_width not in ("per_column", "same"):
+            raise ValueError(f"embedding_width must be 'per_column' or 'same', got {embedding_width!r}")
+        if embedding_std is not None and (isinstance(embedding_std, bool) or not isinstance(embedding_std, (int, float))
+                                          or not 0 < embedding_std < float("inf")):
+            raise ValueError(f"embedding_std must be a number > 0 (or null for PyTorch's N(0, 1)), got {embedding_std!r}")
         self.schema = schema
-        self.embeddings = nn.ModuleList(
-            nn.Embedding(card, max(1, min(embedding_dim, (card + 1) // 2))) for card in schema.cat_cardinalities
-        )
+
+        def width(card: int) -> int:
+            return embedding_dim if embedding_width == "same" else max(1, min(embedding_dim, (card + 1) // 2))
+
+        self.embeddings = nn.ModuleList(nn.Embedding(card, width(card)) for card in schema.cat_cardinalities)
+        if embedding_std is not None:
+            for e in self.embeddings:
+                nn.init.normal_(e.weight, 0.0, float(embedding_std))
         self.out_dim = schema.num_features + sum(e.embedding_dim for e in self.embeddings)
 
     def forward(self, inputs: Tensor | dict[str, Tensor]) -> Tensor:

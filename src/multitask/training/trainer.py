@@ -390,9 +390,14 @@ class Trainer:
                 self._own_params = {t: list(self.model.task_parameters(t)) for t in self.tasks}
             except NotImplementedError:  # a model that does not say which parameters are a task's own
                 self._own_params = {t: [] for t in self.tasks}
+            self._own_params.update({group: list(ps) for group, ps in self.model.group_parameters().items()})
         for t, here in present.items():
             if not here:
                 for p in self._own_params[t]:
+                    p.grad = None
+        for group, params in self._own_params.items():  # a branch shared by tasks none of which has labels
+            if isinstance(group, tuple) and not any(present.get(t, True) for t in group):
+                for p in params:
                     p.grad = None
         rows = torch.tensor([i for i, t in enumerate(self.balancer.task_names) if not present[t]], dtype=torch.long)
         kept = []
