@@ -52,9 +52,11 @@ class MultiTaskModel(nn.Module):
         raise NotImplementedError
 
     def group_parameters(self) -> dict[tuple[str, ...], list[nn.Parameter]]:
-        """Parameters that a strict subset of two or more tasks depends on (a branch of a tree that some tasks
-        share), keyed by those tasks. They get the plain sum of their tasks' gradients; only the parameters
-        every task shares receive the balanced direction. Empty by default."""
+        """Parameters that several tasks depend on but that are not in `shared_parameters()`, keyed by those
+        tasks: a branch of a tree that some tasks share, or an earlier task's head that a cascade feeds into
+        later ones (in the heads, after the shared representation). They get the plain sum of their tasks'
+        (head-weighted) gradients; only `shared_parameters()` receive the balanced direction. Empty by
+        default."""
         return {}
 
     def penalties(self, tasks: Sequence[str]) -> dict[str, Tensor]:
