@@ -8,13 +8,15 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from multitask.models.base import MultiTaskModel
+from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
+from multitask.models.branched import Branched
 from multitask.models.conv import ConvFeatures, ConvTrunk, ImageSpec
 from multitask.models.hard_sharing import HardSharing
 from multitask.models.independent import Independent
 from multitask.models.layers import InputSchema, TabularEncoder, TabularMLP, mlp
 from multitask.models.mmoe import MMoE
 
-MODELS = {"independent": Independent, "hard_sharing": HardSharing, "mmoe": MMoE}
+MODELS = {"independent": Independent, "hard_sharing": HardSharing, "mmoe": MMoE, "branched": Branched}
 # input kind -> (the spec class, the name of the classmethod that builds a model from it)
 BUILDERS = {"table": (InputSchema, "tabular"), "image": (ImageSpec, "image")}
 
@@ -42,6 +44,6 @@ def build_model(name: str, tasks: Sequence[Any], spec: Any, **options: Any) -> M
     return builder(name, input_kind(spec))(tasks, spec, **options)
 
 
-__all__ = ["MultiTaskModel", "HardSharing", "Independent", "MMoE", "InputSchema", "ImageSpec", "TabularEncoder",
+__all__ = ["MultiTaskModel", "Blocks", "MLPBlocks", "ConvBlocks", "Branched", "HardSharing", "Independent", "MMoE", "InputSchema", "ImageSpec", "TabularEncoder",
            "TabularMLP", "ConvFeatures", "ConvTrunk", "mlp", "MODELS", "BUILDERS", "build_model", "builder",
            "input_kind"]
