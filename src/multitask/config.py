@@ -94,6 +94,8 @@ class DataConfig(_Strict):
 class TaskConfig(_Strict):
     importance: Num = Field(1.0, ge=0)
     metrics: Optional[list[str]] = None
+    inputs: Optional[list[str]] = Field(None, description="table: the only input columns this task reads")
+    private_inputs: Optional[list[str]] = Field(None, description="table: input columns no other task reads")
 
 
 class NamedConfig(BaseModel):
@@ -510,12 +512,23 @@ def _try_build(cfg: RunConfig, tasks: list) -> None:
         raise ConfigError(f"balancer: {prefix}{reason}") from None
     from multitask.models import MODELS
     refusal = MODELS[cfg.model.name].feature_mode_error()
+    if has_task_inputs(cfg):
+        from multitask.models.task_inputs import TaskInputs
+
+        if input_kind(cfg) != "table":
+            raise ConfigError("tasks: inputs / private_inputs name table columns; these inputs are images")
+        refusal = refusal or TaskInputs.feature_mode_error()
     if getattr(balancer, "mode", None) == "features" and refusal:
         raise ConfigError(f"balancer.mode: {refusal} (model {cfg.model.name!r})")
     try:
         TrainerConfig(**cfg.trainer.model_dump())
     except (ValueError, TypeError) as e:
         raise ConfigError(f"trainer: {_reason(e)}") from None
+
+
+def has_task_inputs(cfg: RunConfig) -> bool:
+    """True when some task declares `inputs` or `private_inputs`."""
+    return any(tc.inputs is not None or tc.private_inputs is not None for tc in (cfg.tasks or {}).values())
 
 
 def shared_model_options(cfg: RunConfig, name: str) -> dict[str, Any]:

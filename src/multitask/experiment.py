@@ -23,6 +23,7 @@ from multitask.data.preprocessing import TabularPreprocessor
 from multitask.jsonio import nulls_to_nan, write_json, write_text_atomic
 from multitask.metrics import delta_m, delta_m_terms
 from multitask.models import ImageSpec, InputSchema, MultiTaskModel
+from multitask.models.task_inputs import TaskInputs, visible_columns
 from multitask.tasks import Task
 from multitask.training import Trainer, TrainerConfig, read_metrics
 from multitask.training.checkpoint import remove_temporaries
@@ -88,7 +89,21 @@ def build_model(cfg: RunConfig, tasks: list[Task], schema: InputSchema | ImageSp
     torch.manual_seed(cfg.trainer.seed)
     name = name or cfg.model.name
     options = cfg.model.options if name == cfg.model.name else cfgmod.shared_model_options(cfg, name)
-    return models.build_model(name, tasks, schema, **options)
+    model = models.build_model(name, tasks, schema, **options)
+    if cfgmod.has_task_inputs(cfg):  # the single-task baselines read the same columns as their task
+        model = TaskInputs(model, schema, task_visible_columns(cfg, tasks, schema))
+    return model
+
+
+def task_visible_columns(cfg: RunConfig, tasks: list[Task], schema: InputSchema) -> dict[str, tuple[str, ...]]:
+    """Per task, the input columns it reads (`tasks.<t>.inputs` / `private_inputs`); ConfigError naming the
+    task and column when one is not an input of this data."""
+    sections = cfg.tasks or {}
+    try:
+        return visible_columns(list(schema.names), {t: tc.inputs for t, tc in sections.items()},
+                               {t: tc.private_inputs for t, tc in sections.items()}, [t.name for t in tasks])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_balancer(cfg: RunConfig, tasks: list[Task], name: str | None = None) -> Balancer:
@@ -191,6 +206,8 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
         _check_same_run(cfgmod.validate(cfgmod.read_yaml(saved, "the run's config")), cfg)
     start = time.perf_counter()
     bundle = load_data(cfg)
+    if cfgmod.has_task_inputs(cfg):  # column names are known once the data is read: checked before training
+        task_visible_columns(cfg, bundle.tasks, bundle.preprocessor.schema)
     if resume:
         _check_same_units(out, bundle.tasks)
     write_run_files(out, cfg, bundle)

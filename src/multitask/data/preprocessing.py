@@ -207,7 +207,8 @@ class TabularPreprocessor:
 
     @property
     def schema(self) -> InputSchema:
-        return InputSchema(self.num_features, tuple(len(self.vocab[c]) + 1 for c in self.categorical))
+        return InputSchema(self.num_features, tuple(len(self.vocab[c]) + 1 for c in self.categorical),
+                           tuple(self.feature_names))
 
     def to_dict(self) -> dict:
         return {"numeric": self.numeric, "categorical": self.categorical, "means": self.means,

@@ -10,10 +10,12 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class InputSchema:
-    """Shape of tabular inputs: how many numeric columns and the vocabulary size of each categorical one."""
+    """Shape of tabular inputs: how many numeric columns and the vocabulary size of each categorical one;
+    optionally the columns' names (numeric ones, indicators included, then categorical ones)."""
 
     num_features: int
     cat_cardinalities: Sequence[int] = field(default_factory=tuple)
+    names: Sequence[str] = field(default_factory=tuple)
 
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout: float = 0.0,
