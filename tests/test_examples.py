@@ -38,3 +38,11 @@ def test_from_frame_example_runs_and_reports_grams():
     metrics = ast.literal_eval(next(line for line in out if line.startswith("{")))
     assert metrics["species"]["accuracy"] > 0.8 and 50 < metrics["body_mass_g"]["mae"] < 400  # grams
     assert out[-3].split()[1] in {"Adelie", "Chinstrap", "Gentoo"}  # labels back, first of three rows
+
+
+def test_custom_blocks_example_runs_and_learns():
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "custom_blocks.py")], capture_output=True,
+                         text=True, check=True, timeout=300).stdout.splitlines()
+    metrics = ast.literal_eval(out[0])
+    assert metrics["a"]["r2"] > 0.9 and metrics["b"]["r2"] > 0.9 and metrics["c"]["auc"] > 0.95
+    assert out[1] == "branches: [('a', 'b')] shared tensors: 2"
