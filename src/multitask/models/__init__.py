@@ -9,12 +9,16 @@ from typing import Any, Callable, Sequence
 
 from multitask.models.base import MultiTaskModel
 from multitask.models.conv import ConvFeatures, ConvTrunk, ImageSpec
+from multitask.models.cross_stitch import CrossStitch
 from multitask.models.hard_sharing import HardSharing
 from multitask.models.independent import Independent
 from multitask.models.layers import InputSchema, TabularEncoder, TabularMLP, mlp
 from multitask.models.mmoe import MMoE
+from multitask.models.param_distance import ParameterDistance
+from multitask.models.sluice import Sluice
 
-MODELS = {"independent": Independent, "hard_sharing": HardSharing, "mmoe": MMoE}
+MODELS = {"independent": Independent, "hard_sharing": HardSharing, "mmoe": MMoE, "cross_stitch": CrossStitch,
+          "sluice": Sluice, "param_distance": ParameterDistance}
 # input kind -> (the spec class, the name of the classmethod that builds a model from it)
 BUILDERS = {"table": (InputSchema, "tabular"), "image": (ImageSpec, "image")}
 
@@ -42,6 +46,6 @@ def build_model(name: str, tasks: Sequence[Any], spec: Any, **options: Any) -> M
     return builder(name, input_kind(spec))(tasks, spec, **options)
 
 
-__all__ = ["MultiTaskModel", "HardSharing", "Independent", "MMoE", "InputSchema", "ImageSpec", "TabularEncoder",
-           "TabularMLP", "ConvFeatures", "ConvTrunk", "mlp", "MODELS", "BUILDERS", "build_model", "builder",
-           "input_kind"]
+__all__ = ["MultiTaskModel", "HardSharing", "Independent", "MMoE", "CrossStitch", "Sluice", "ParameterDistance",
+           "InputSchema", "ImageSpec", "TabularEncoder", "TabularMLP", "ConvFeatures", "ConvTrunk", "mlp", "MODELS",
+           "BUILDERS", "build_model", "builder", "input_kind"]
