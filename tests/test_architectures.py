@@ -30,6 +30,15 @@ TINY: dict[str, tuple[dict, dict]] = {
     "branched/split-at-input": ({"hidden": (8, 6), "branches": [[["a", "b"], ["c"]]]},
                                 {"conv_channels": (2, 3), "kernel_size": 3, "hidden": (8,),
                                  "branches": [[["a", "b"], ["c"]]]}),
+    "cross_stitch": ({"hidden": (8, 6), "head_hidden": (4,)}, {"conv_channels": (2, 3), "kernel_size": 3, "hidden": (8,)}),
+    "cross_stitch/partial": ({"hidden": (8, 6), "head_hidden": (4,), "stitch_after": [0], "per_channel": True},
+                             {"conv_channels": (2, 3), "kernel_size": 3, "hidden": (8,), "stitch_after": [1]}),
+    "sluice": ({"hidden": (8, 6), "head_hidden": (4,), "orthogonality": 0.1},
+               {"conv_channels": (2, 4), "kernel_size": 3, "hidden": (8,), "orthogonality": 0.1}),
+    "sluice/sum": ({"hidden": (6, 6), "layer_mixing": "sum", "subspaces": 3},
+                   {"conv_channels": (2, 4), "kernel_size": 3, "hidden": (8,), "layer_mixing": "last"}),
+    "param_distance": ({"hidden": (8, 6), "head_hidden": (4,), "strength": 0.1},
+                       {"conv_channels": (2, 3), "kernel_size": 3, "hidden": (8,), "penalty": "trace"}),
 }
 FUNNELS = {"esmm", "aitm"}  # families whose tasks form an `after` chain of binary tasks
 

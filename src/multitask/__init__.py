@@ -6,12 +6,14 @@ Declare `Task`s, pick an architecture (`Independent`, `HardSharing`, `MMoE`), a 
 from multitask.balancing import BALANCERS, Balancer, Equal, Static, Uncertainty
 from multitask.data import DatasetBundle, MultiTaskData, load_census_income, load_yeast
 from multitask.metrics import delta_m
-from multitask.models import Blocks, Branched, ConvBlocks, HardSharing, ImageSpec, Independent, InputSchema, MLPBlocks, MMoE, MultiTaskModel
+from multitask.models import (Blocks, Branched, ConvBlocks, CrossStitch, HardSharing, ImageSpec, Independent,
+                              InputSchema, MLPBlocks, MMoE, MultiTaskModel, ParameterDistance, Sluice)
 from multitask.tasks import Task
 from multitask.training import Trainer, TrainerConfig
 
 __version__ = "0.1.0"
 
 __all__ = ["Task", "MultiTaskData", "DatasetBundle", "load_census_income", "load_yeast", "MultiTaskModel",
-           "Independent", "HardSharing", "MMoE", "Branched", "Blocks", "MLPBlocks", "ConvBlocks", "InputSchema", "ImageSpec", "Balancer", "Equal", "Static", "Uncertainty",
+           "Independent", "HardSharing", "MMoE", "Branched", "CrossStitch", "Sluice", "ParameterDistance",
+           "Blocks", "MLPBlocks", "ConvBlocks", "InputSchema", "ImageSpec", "Balancer", "Equal", "Static", "Uncertainty",
            "BALANCERS", "Trainer", "TrainerConfig", "delta_m"]

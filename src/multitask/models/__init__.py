@@ -11,12 +11,23 @@ from multitask.models.base import MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.branched import Branched
 from multitask.models.conv import ConvFeatures, ConvTrunk, ImageSpec
+from multitask.models.cross_stitch import CrossStitch
 from multitask.models.hard_sharing import HardSharing
 from multitask.models.independent import Independent
 from multitask.models.layers import InputSchema, TabularEncoder, TabularMLP, mlp
 from multitask.models.mmoe import MMoE
+from multitask.models.param_distance import ParameterDistance
+from multitask.models.sluice import Sluice
 
-MODELS = {"independent": Independent, "hard_sharing": HardSharing, "mmoe": MMoE, "branched": Branched}
+MODELS = {
+    "independent": Independent,
+    "hard_sharing": HardSharing,
+    "mmoe": MMoE,
+    "branched": Branched,
+    "cross_stitch": CrossStitch,
+    "sluice": Sluice,
+    "param_distance": ParameterDistance,
+}
 # input kind -> (the spec class, the name of the classmethod that builds a model from it)
 BUILDERS = {"table": (InputSchema, "tabular"), "image": (ImageSpec, "image")}
 
@@ -44,6 +55,8 @@ def build_model(name: str, tasks: Sequence[Any], spec: Any, **options: Any) -> M
     return builder(name, input_kind(spec))(tasks, spec, **options)
 
 
-__all__ = ["MultiTaskModel", "Blocks", "MLPBlocks", "ConvBlocks", "Branched", "HardSharing", "Independent", "MMoE", "InputSchema", "ImageSpec", "TabularEncoder",
-           "TabularMLP", "ConvFeatures", "ConvTrunk", "mlp", "MODELS", "BUILDERS", "build_model", "builder",
-           "input_kind"]
+__all__ = [
+    "MultiTaskModel", "Blocks", "MLPBlocks", "ConvBlocks", "InputSchema", "ImageSpec", "TabularEncoder", "TabularMLP",
+    "ConvFeatures", "ConvTrunk", "mlp", "MODELS", "BUILDERS", "build_model", "builder", "input_kind",
+    "Independent", "HardSharing", "MMoE", "Branched", "CrossStitch", "Sluice", "ParameterDistance",
+]
