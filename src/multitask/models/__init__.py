@@ -8,13 +8,20 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from multitask.models.base import MultiTaskModel
+from multitask.models.cascade import Cascade
 from multitask.models.conv import ConvFeatures, ConvTrunk, ImageSpec
 from multitask.models.hard_sharing import HardSharing
 from multitask.models.independent import Independent
 from multitask.models.layers import InputSchema, TabularEncoder, TabularMLP, mlp
 from multitask.models.mmoe import MMoE
+from multitask.models.modulation import Modulation
+from multitask.models.mtan import MTAN
+from multitask.models.task_conditioned import TaskConditioned
+from multitask.models.task_norm import TaskNorm
 
-MODELS = {"independent": Independent, "hard_sharing": HardSharing, "mmoe": MMoE}
+MODELS = {"independent": Independent, "hard_sharing": HardSharing, "mmoe": MMoE,
+          "task_conditioned": TaskConditioned, "mtan": MTAN, "modulation": Modulation, "task_norm": TaskNorm,
+          "cascade": Cascade}
 # input kind -> (the spec class, the name of the classmethod that builds a model from it)
 BUILDERS = {"table": (InputSchema, "tabular"), "image": (ImageSpec, "image")}
 
@@ -42,6 +49,7 @@ def build_model(name: str, tasks: Sequence[Any], spec: Any, **options: Any) -> M
     return builder(name, input_kind(spec))(tasks, spec, **options)
 
 
-__all__ = ["MultiTaskModel", "HardSharing", "Independent", "MMoE", "InputSchema", "ImageSpec", "TabularEncoder",
+__all__ = ["MultiTaskModel", "HardSharing", "Independent", "MMoE", "TaskConditioned", "MTAN", "Modulation",
+           "TaskNorm", "Cascade", "InputSchema", "ImageSpec", "TabularEncoder",
            "TabularMLP", "ConvFeatures", "ConvTrunk", "mlp", "MODELS", "BUILDERS", "build_model", "builder",
            "input_kind"]
