@@ -1,13 +1,15 @@
 """Task-conditioned, MTAN, modulation, task-specific normalisation and cascade families: shapes on tables and
 images, the parameter partition, work skipped for tasks not asked, hand computations, bad options, training
 with loss and gradient balancers, and the config."""
+import copy
+
 import pytest
 import torch
 from torch.nn import functional as F
 
 from conftest import synthetic
-from multitask import MTAN, Cascade, Modulation, Task, TaskConditioned, TaskNorm, Trainer, autograd, config
-from multitask.balancing import BALANCERS, MGDA
+from multitask import MTAN, Cascade, HardSharing, Modulation, Task, TaskConditioned, TaskNorm, Trainer, autograd, config
+from multitask.balancing import BALANCERS, MGDA, GradientBalancer, GramianBalancer
 from multitask.config import ConfigError
 from multitask.data import MultiTaskData
 from multitask.models import MODELS, ImageSpec, InputSchema
@@ -225,7 +227,8 @@ def test_mtan_masks_by_hand():
 
         def g(att, u):
             first, second = att.g[0], att.g[2]
-            return torch.sigmoid(F.linear(torch.relu(F.linear(u, first.weight, first.bias)), second.weight, second.bias))
+            hidden = torch.relu(F.linear(u, first.weight, first.bias))
+            return torch.sigmoid(F.linear(hidden, second.weight, second.bias))
 
         hat0 = g(a0, p0) * p0
         hat1 = g(a1, torch.cat([p1, F.linear(hat0, a1.project.weight, a1.project.bias)], 1)) * p1
@@ -238,6 +241,8 @@ def test_mtan_on_images_carries_masks_across_pooling_and_flattening():
     assert [tuple(p.shape) for p in rep] == [(6, 2, 7, 7), (6, 3, 2, 2), (6, 8)]
     att = model.attention["c"]
     assert att[1].project.in_features == 2 and att[2].project.in_features == 3
+    assert att[2].g[0].out_features == 8
+    assert _build(MTAN, {"attention_reduction": 4}, "image").attention["c"][2].g[0].out_features == 2
 
 
 def test_modulation_by_hand():
@@ -311,6 +316,7 @@ def test_cascade_by_hand(detach):
     (TaskConditioned, {"join": "film", "descriptor": "embedding"}, "descriptor"),
     (MTAN, {"hidden": ()}, "hidden"),
     (MTAN, {"head_hidden": (0,)}, "head_hidden"),
+    (MTAN, {"attention_reduction": 0}, "attention_reduction"),
     (Modulation, {"modulate_from": 2}, "modulate_from"),
     (Modulation, {"modulate_from": 1.5}, "modulate_from"),
     (TaskNorm, {"norm": "group"}, "norm"),
@@ -340,14 +346,15 @@ def _loss_of(tasks, targets):
     return lambda t, out: by[t].loss(out, targets[t])
 
 
-@pytest.mark.parametrize("cls, options", [(TaskConditioned, {"join_at": 1}), (Modulation, {}), (TaskNorm, {}),
-                                          (Cascade, {}), (MTAN, {})])
-def test_parameter_mode_gives_each_task_its_own_gradient_and_the_weighted_sum_to_the_shared(cls, options):
+@pytest.mark.parametrize("cls, options, mode", [
+    (TaskConditioned, {"join_at": 1}, "parameters"), (Modulation, {}, "parameters"), (TaskNorm, {}, "parameters"),
+    (Cascade, {}, "parameters"), (Cascade, {}, "features"), (MTAN, {}, "parameters"), (MTAN, {}, "features")])
+def test_each_task_gets_its_own_gradient_and_the_shared_the_weighted_sum(cls, options, mode):
     tasks, data = synthetic(32)
     torch.manual_seed(0)
     model = cls.tabular(tasks, InputSchema(8), hidden=(8, 6), head_hidden=(4,), **options)
     _randomize(model)
-    m = MGDA(tasks)
+    m = MGDA(tasks, mode=mode)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     autograd.backward(model, m, data.inputs, _loss_of(tasks, data.targets))
     got = {id(p): p.grad.clone() for p in model.parameters()}
@@ -369,6 +376,41 @@ def test_parameter_mode_gives_each_task_its_own_gradient_and_the_weighted_sum_to
     for group, ps in model.group_parameters().items():  # the plain sum of its tasks' gradients
         for p in ps:
             assert torch.allclose(got[id(p)], sum(per_task[t][id(p)] for t in group), rtol=1e-5, atol=1e-7)
+
+
+GRADIENT_METHODS = [n for n, c in BALANCERS.items() if issubclass(c, GradientBalancer)]
+
+
+@pytest.mark.parametrize("name", GRADIENT_METHODS)
+def test_joint_step_equals_the_representation_step_in_parameters_mode(name):
+    """The engine's path for families without a shared representation (a backward per task into J) gives the
+    same gradients and balancer state as the usual one on a model that has one, over steps with a task
+    absent and cached weights (every=2)."""
+    tasks, data = synthetic(48, missing=0.3)
+    by = {t.name: t for t in tasks}
+    masks = {t: by[t].label_mask(y) for t, y in data.targets.items()}
+
+    def loss_of(t, out):
+        return by[t].loss(out, data.targets[t], masks[t])
+
+    runs = []
+    for step_fn in (autograd._gradient_step, autograd._joint_step):
+        torch.manual_seed(0)
+        model = HardSharing.tabular(tasks, InputSchema(8), hidden=(16,), head_hidden=(8,))
+        cls = BALANCERS[name]
+        balancer = cls(tasks, mode="parameters", **({"every": 2} if issubclass(cls, GramianBalancer) else {}))
+        grads = []
+        for step in range(3):
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(step)
+            step_fn(model, balancer, data.inputs, loss_of, {"reg": True, "bin": step != 1, "cls": True})
+            grads.append([p.grad for p in model.parameters()])
+        runs.append((grads, copy.deepcopy(balancer.state_dict())))
+    (ga, sa), (gb, sb) = runs
+    for a_step, b_step in zip(ga, gb):
+        for a, b in zip(a_step, b_step):
+            assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-4, atol=1e-6))
+    torch.testing.assert_close(sa, sb, rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -419,7 +461,7 @@ def test_config_options_are_validated():
     base = {"data": {"name": "yeast"}, "tasks": {"class1": {}, "class2": {}}, "balancer": {"name": "mgda"}}
     for model in ({"name": "task_conditioned", "join": "film", "join_at": 1, "hidden": [8, 4]},
                   {"name": "task_conditioned", "descriptor": "embedding", "descriptor_dim": 4},
-                  {"name": "mtan", "hidden": [8]}, {"name": "modulation", "modulate_from": 1},
+                  {"name": "mtan", "hidden": [8], "attention_reduction": 2}, {"name": "modulation", "modulate_from": 1},
                   {"name": "task_norm", "norm": "layer"}, {"name": "cascade", "order": ["class2", "class1"],
                                                            "detach": True}):
         assert config.validate({**base, "model": model}).model.options == {k: v for k, v in model.items()

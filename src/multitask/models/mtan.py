@@ -7,8 +7,8 @@ p^i = u^i is the output of trunk layer i (our layers are single units, so the pa
 and block output p^i coincide) and the task's head reads a^_t of the last layer. Shared: the encoder and the
 trunk layers. A task's own: its attention branch (g_t^i: two 1x1 convolutions / linear maps, ReLU between,
 sigmoid after; q_t^i: a 1x1 projection from layer i-1's width to layer i's) and its head. Cost: one trunk
-plus per task and layer i about 3 w_i^2 + w_{i-1} w_i weights (w_i: layer i's width), and per task a pass of
-those small maps; the trunk runs once.
+plus per task and layer i about 3 w_i^2 / r + w_{i-1} w_i weights (w_i: layer i's width, r:
+``attention_reduction``, default 1), and per task a pass of those small maps; the trunk runs once.
 """
 from __future__ import annotations
 
@@ -53,11 +53,11 @@ def match_positions(x: Tensor, like: Tensor) -> Tensor:
 class Attention(nn.Module):
     """One task's attention module at trunk layer i: the mask a = sigmoid(g([u, q(prev)])) over u's width."""
 
-    def __init__(self, width: int, prev_width: int | None) -> None:
+    def __init__(self, width: int, prev_width: int | None, hidden: int | None = None) -> None:
         super().__init__()
         self.project = ChannelLinear(prev_width, width) if prev_width is not None else None
-        d = width * (2 if prev_width is not None else 1)
-        self.g = nn.Sequential(ChannelLinear(d, width), nn.ReLU(), ChannelLinear(width, width))
+        d, hidden = width * (2 if prev_width is not None else 1), hidden or width
+        self.g = nn.Sequential(ChannelLinear(d, hidden), nn.ReLU(), ChannelLinear(hidden, width))
 
     def forward(self, u: Tensor, prev: Tensor | None) -> Tensor:
         x = u if self.project is None else torch.cat([u, self.project(match_positions(prev, u))], dim=1)
@@ -67,33 +67,45 @@ class Attention(nn.Module):
 class MTAN(MultiTaskModel):
     """The representation is the tuple of the trunk's layer outputs (p^0, ..., p^{L-1}), which every task's
     attention branch reads; `heads` runs only the asked tasks' branches and heads, so balancing in features
-    mode differentiates against all trunk layers' outputs."""
+    mode differentiates against all trunk layers' outputs.
 
-    def __init__(self, tasks: Sequence[Task], blocks: Blocks, head_hidden: Sequence[int] = (64,),
-                 dropout: float = 0.0) -> None:
+    Layers differ in width and (on images) in size, so a task's attended features a^_t^{i-1} are carried to
+    level i by its own projection q_t^i: adaptive max-pooling to layer i's height and width (a layer pools),
+    or an average over all positions where layer i is fully connected, then a 1x1 map to layer i's width.
+    The first level's mask reads u^0 alone, as in the paper. g_t^i's hidden layer has w_i /
+    ``attention_reduction`` units (1: w_i, as in the paper; larger values shrink the branches of wide layers,
+    e.g. on tables)."""
+
+    def __init__(self, tasks: Sequence[Task], blocks: Blocks, attention_reduction: int = 1,
+                 head_hidden: Sequence[int] = (64,), dropout: float = 0.0) -> None:
         super().__init__()
+        if isinstance(attention_reduction, bool) or not isinstance(attention_reduction, int) or attention_reduction < 1:
+            raise ValueError(f"attention_reduction must be an integer >= 1, got {attention_reduction!r}")
         self.task_names = [t.name for t in tasks]
         self.blocks = blocks
         self.encoder = blocks.encoder()
         self.trunk = nn.ModuleList(blocks.layer(i) for i in range(blocks.n_layers))
         w = blocks.widths
         self.attention = nn.ModuleDict(
-            {t: nn.ModuleList(Attention(w[i], w[i - 1] if i else None) for i in range(len(w))) for t in self.task_names})
+            {t: nn.ModuleList(Attention(w[i], w[i - 1] if i else None, max(1, w[i] // attention_reduction))
+                              for i in range(len(w)))
+             for t in self.task_names})
         self.task_heads = nn.ModuleDict(
             {t.name: mlp(blocks.out_dim, head_hidden, t.out_dim, dropout=dropout, option="head_hidden") for t in tasks})
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
                 head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
-                embedding_width: str = "per_column", dropout: float = 0.0) -> "MTAN":
+                embedding_width: str = "per_column", dropout: float = 0.0, attention_reduction: int = 1) -> "MTAN":
         return cls(tasks, MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width),
-                   head_hidden, dropout)
+                   attention_reduction, head_hidden, dropout)
 
     @classmethod
     def image(cls, tasks: Sequence[Task], spec: ImageSpec, conv_channels: Sequence[int] = (10, 20),
               kernel_size: int = 5, hidden: Sequence[int] = (50,), head_hidden: Sequence[int] = (50,),
-              dropout: float = 0.0) -> "MTAN":
-        return cls(tasks, ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout), head_hidden, dropout)
+              dropout: float = 0.0, attention_reduction: int = 1) -> "MTAN":
+        return cls(tasks, ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout), attention_reduction,
+                   head_hidden, dropout)
 
     def shared(self, inputs: Inputs) -> tuple[Tensor, ...]:
         h, out = self.encoder(inputs), []
