@@ -33,10 +33,11 @@ class TaskConditioned(MultiTaskModel):
     """One network for all tasks; forward(tasks=[...]) runs its task-dependent part once per requested task.
 
     ``join="concat"``: z_t (``descriptor="onehot"``: the task's one-hot over the model's tasks;
-    ``"embedding"``: a learned vector of ``descriptor_dim`` entries per task, N(0, 1) at init) is concatenated
-    along dim 1 to the input of layer ``join_at`` (0: to the encoded input), broadcast over H and W when that
-    input is an image; when layer ``join_at`` is the first fully connected layer of a `ConvBlocks`, it is
-    appended to the flattened features instead. ``join="film"``: layer ``join_at``'s output channels are
+    ``"embedding"``: a learned vector of ``descriptor_dim`` entries per task (default 8), N(0, 1) at init) is
+    concatenated along dim 1 to the input of layer ``join_at`` (0: to the encoded input), broadcast over H and
+    W when that input is an image; when layer ``join_at`` is the first fully connected layer of a `ConvBlocks`,
+    it is appended to the flattened features instead (a user `Blocks` gets ``layer(join_at, width_before +
+    dim)``). With a one-hot, the join amounts to a learned per-task bias of layer ``join_at``. ``join="film"``: layer ``join_at``'s output channels are
     scaled and shifted per task, h * gamma_t + beta_t, with gamma_t = 1 and beta_t = 0 at init (so the
     model starts as the plain network); the descriptor options do not apply to it.
 
