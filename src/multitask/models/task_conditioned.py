@@ -37,9 +37,10 @@ class TaskConditioned(MultiTaskModel):
     concatenated along dim 1 to the input of layer ``join_at`` (0: to the encoded input), broadcast over H and
     W when that input is an image; when layer ``join_at`` is the first fully connected layer of a `ConvBlocks`,
     it is appended to the flattened features instead (a user `Blocks` gets ``layer(join_at, width_before +
-    dim)``). With a one-hot, the join amounts to a learned per-task bias of layer ``join_at``. ``join="film"``: layer ``join_at``'s output channels are
-    scaled and shifted per task, h * gamma_t + beta_t, with gamma_t = 1 and beta_t = 0 at init (so the
-    model starts as the plain network); the descriptor options do not apply to it.
+    dim)``). With a one-hot, the join amounts to a learned per-task bias of layer ``join_at``.
+    ``join="film"``: layer ``join_at``'s output channels are scaled and shifted per task, h * gamma_t + beta_t,
+    with gamma_t = 1 and beta_t = 0 at init (so the model starts as the plain network); the descriptor options
+    do not apply to it.
 
     The output is one head per task (an MLP of `head_hidden` on the last layer's flattened features), since
     task outputs differ in size. Every other parameter except the descriptors / FiLM vectors is shared, but the
