@@ -1,13 +1,14 @@
 """multitask: multi-task learning for PyTorch.
 
-Declare `Task`s, pick an architecture (`Independent`, `HardSharing`, `MMoE`), a balancer (`Equal`, `Static`,
+Declare `Task`s, pick an architecture (`Independent`, `HardSharing`, `MMoE`, ...: `models.MODELS`), a balancer (`Equal`, `Static`,
 `Uncertainty`) and a `Trainer`; then `fit`, `evaluate`, `predict`.
 """
 from multitask.balancing import BALANCERS, Balancer, Equal, Static, Uncertainty
 from multitask.data import DatasetBundle, MultiTaskData, load_census_income, load_yeast
 from multitask.metrics import delta_m
-from multitask.models import (Blocks, Branched, ConvBlocks, CrossStitch, HardSharing, ImageSpec, Independent,
-                              InputSchema, MLPBlocks, MMoE, MultiTaskModel, ParameterDistance, Sluice)
+from multitask.models import (Blocks, Branched, Cascade, ConvBlocks, CrossStitch, HardSharing, ImageSpec,
+                              Independent, InputSchema, MLPBlocks, MMoE, MTAN, Modulation, MultiTaskModel,
+                              ParameterDistance, Sluice, TaskConditioned, TaskNorm)
 from multitask.tasks import Task
 from multitask.training import Trainer, TrainerConfig
 
@@ -15,5 +16,6 @@ __version__ = "0.1.0"
 
 __all__ = ["Task", "MultiTaskData", "DatasetBundle", "load_census_income", "load_yeast", "MultiTaskModel",
            "Independent", "HardSharing", "MMoE", "Branched", "CrossStitch", "Sluice", "ParameterDistance",
-           "Blocks", "MLPBlocks", "ConvBlocks", "InputSchema", "ImageSpec", "Balancer", "Equal", "Static", "Uncertainty",
+           "TaskConditioned", "MTAN", "Modulation", "TaskNorm", "Cascade", "Blocks", "MLPBlocks", "ConvBlocks",
+           "InputSchema", "ImageSpec", "Balancer", "Equal", "Static", "Uncertainty",
            "BALANCERS", "Trainer", "TrainerConfig", "delta_m"]

@@ -10,15 +10,21 @@ from typing import Any, Callable, Sequence
 from multitask.models.base import MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.branched import Branched
+from multitask.models.cascade import Cascade
 from multitask.models.conv import ConvFeatures, ConvTrunk, ImageSpec
 from multitask.models.cross_stitch import CrossStitch
 from multitask.models.hard_sharing import HardSharing
 from multitask.models.independent import Independent
 from multitask.models.layers import InputSchema, TabularEncoder, TabularMLP, mlp
 from multitask.models.mmoe import MMoE
+from multitask.models.modulation import Modulation
+from multitask.models.mtan import MTAN
 from multitask.models.param_distance import ParameterDistance
 from multitask.models.sluice import Sluice
+from multitask.models.task_conditioned import TaskConditioned
+from multitask.models.task_norm import TaskNorm
 
+# one line per architecture family: its config name and its class
 MODELS = {
     "independent": Independent,
     "hard_sharing": HardSharing,
@@ -27,6 +33,11 @@ MODELS = {
     "cross_stitch": CrossStitch,
     "sluice": Sluice,
     "param_distance": ParameterDistance,
+    "task_conditioned": TaskConditioned,
+    "mtan": MTAN,
+    "modulation": Modulation,
+    "task_norm": TaskNorm,
+    "cascade": Cascade,
 }
 # input kind -> (the spec class, the name of the classmethod that builds a model from it)
 BUILDERS = {"table": (InputSchema, "tabular"), "image": (ImageSpec, "image")}
@@ -56,7 +67,8 @@ def build_model(name: str, tasks: Sequence[Any], spec: Any, **options: Any) -> M
 
 
 __all__ = [
-    "MultiTaskModel", "Blocks", "MLPBlocks", "ConvBlocks", "InputSchema", "ImageSpec", "TabularEncoder", "TabularMLP",
-    "ConvFeatures", "ConvTrunk", "mlp", "MODELS", "BUILDERS", "build_model", "builder", "input_kind",
-    "Independent", "HardSharing", "MMoE", "Branched", "CrossStitch", "Sluice", "ParameterDistance",
+    "MultiTaskModel", "Blocks", "MLPBlocks", "ConvBlocks", "InputSchema", "ImageSpec", "TabularEncoder",
+    "TabularMLP", "ConvFeatures", "ConvTrunk", "mlp", "MODELS", "BUILDERS", "build_model", "builder",
+    "input_kind", "Independent", "HardSharing", "MMoE", "Branched", "CrossStitch", "Sluice",
+    "ParameterDistance", "TaskConditioned", "MTAN", "Modulation", "TaskNorm", "Cascade",
 ]
