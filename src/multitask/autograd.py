@@ -40,9 +40,7 @@ def backward(model: MultiTaskModel, balancer: Balancer, inputs: Any, loss_of: Lo
     """Run one step's forward and write `.grad`; returns the per-task losses (with their graphs freed)."""
     tasks = balancer.task_names
     present = present if present is not None else {t: True for t in tasks}
-    penalties = model.penalties(tasks)
-    if penalties:  # a model's own loss terms (e.g. parameter distance) join their task's loss
-        loss_of = _with_penalties(loss_of, penalties)
+    loss_of = _with_penalties(loss_of, model, tasks)  # a model's own loss terms join their task's loss
     if isinstance(balancer, LossBalancer):
         outputs = model(inputs)
         losses = {t: loss_of(t, outputs[t]) for t in tasks}
@@ -55,9 +53,16 @@ def backward(model: MultiTaskModel, balancer: Balancer, inputs: Any, loss_of: Lo
     raise TypeError(f"{type(balancer).__name__} requires {balancer.requires!r}, which this engine does not provide")
 
 
-def _with_penalties(loss_of: LossOf, penalties: Mapping[str, Tensor]) -> LossOf:
+def _with_penalties(loss_of: LossOf, model: MultiTaskModel, tasks: list[str]) -> LossOf:
+    """`loss_of` plus the model's penalties. They are asked for once, at the step's first loss, i.e. after the
+    forward pass that loss reads, so a term may use what that forward computed (e.g. AITM's calibrator)."""
+    asked: list[Mapping[str, Tensor]] = []
+
     def with_penalty(t: str, output: Tensor) -> Tensor:
         loss = loss_of(t, output)
+        if not asked:
+            asked.append(model.penalties(tasks))
+        penalties = asked[0]
         return loss + penalties[t].to(loss.dtype) if t in penalties else loss
     return with_penalty
 
