@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from multitask.balancing import BALANCERS
 from multitask.data import DATASET_ROWS, DATASET_TASKS, dataset_tasks
 from multitask.errors import message
+from multitask.tasks import dependency_error
 from multitask.models import MODELS, builder
 
 
@@ -94,6 +95,7 @@ class DataConfig(_Strict):
 class TaskConfig(_Strict):
     importance: Num = Field(1.0, ge=0)
     metrics: Optional[list[str]] = None
+    after: Optional[str] = Field(None, description="the task this one follows in a funnel (ESMM, AITM)")
 
 
 class NamedConfig(BaseModel):
@@ -308,9 +310,13 @@ def configure_tasks(tasks: list, cfg: RunConfig) -> list:
         if tc is None:
             continue
         try:
-            out.append(dataclasses.replace(t, importance=tc.importance, metrics=tc.metrics or t.metrics))
+            out.append(dataclasses.replace(t, importance=tc.importance, metrics=tc.metrics or t.metrics,
+                                           after=tc.after))
         except (ValueError, TypeError) as e:
             raise ConfigError(f"tasks.{t.name}: {e}") from None
+    problem = dependency_error(out)
+    if problem is not None:
+        raise ConfigError(f"tasks.{problem[0]}.after: {problem[1]}")
     return out
 
 
