@@ -6,12 +6,13 @@ Declare `Task`s, pick an architecture (`Independent`, `HardSharing`, `MMoE`), a 
 from multitask.balancing import BALANCERS, Balancer, Equal, Static, Uncertainty
 from multitask.data import DatasetBundle, MultiTaskData, load_census_income, load_yeast
 from multitask.metrics import delta_m
-from multitask.models import HardSharing, ImageSpec, Independent, InputSchema, MMoE, MultiTaskModel
+from multitask.models import (AITM, CGC, ESMM, PLE, HardSharing, ImageSpec, Independent, InputSchema, MMoE,
+                              MultiTaskModel)
 from multitask.tasks import Task
 from multitask.training import Trainer, TrainerConfig
 
 __version__ = "0.1.0"
 
 __all__ = ["Task", "MultiTaskData", "DatasetBundle", "load_census_income", "load_yeast", "MultiTaskModel",
-           "Independent", "HardSharing", "MMoE", "InputSchema", "ImageSpec", "Balancer", "Equal", "Static", "Uncertainty",
+           "Independent", "HardSharing", "MMoE", "CGC", "PLE", "ESMM", "AITM", "InputSchema", "ImageSpec", "Balancer", "Equal", "Static", "Uncertainty",
            "BALANCERS", "Trainer", "TrainerConfig", "delta_m"]

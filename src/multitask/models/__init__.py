@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from multitask.models.aitm import AITM
 from multitask.models.base import MultiTaskModel
 from multitask.models.conv import ConvFeatures, ConvTrunk, ImageSpec
+from multitask.models.esmm import ESMM
 from multitask.models.hard_sharing import HardSharing
 from multitask.models.independent import Independent
 from multitask.models.layers import InputSchema, TabularEncoder, TabularMLP, mlp
 from multitask.models.mmoe import MMoE
+from multitask.models.ple import CGC, PLE
 
-MODELS = {"independent": Independent, "hard_sharing": HardSharing, "mmoe": MMoE}
+MODELS = {"independent": Independent, "hard_sharing": HardSharing, "mmoe": MMoE, "cgc": CGC, "ple": PLE,
+          "esmm": ESMM, "aitm": AITM}
 # input kind -> (the spec class, the name of the classmethod that builds a model from it)
 BUILDERS = {"table": (InputSchema, "tabular"), "image": (ImageSpec, "image")}
 
@@ -42,6 +46,6 @@ def build_model(name: str, tasks: Sequence[Any], spec: Any, **options: Any) -> M
     return builder(name, input_kind(spec))(tasks, spec, **options)
 
 
-__all__ = ["MultiTaskModel", "HardSharing", "Independent", "MMoE", "InputSchema", "ImageSpec", "TabularEncoder",
-           "TabularMLP", "ConvFeatures", "ConvTrunk", "mlp", "MODELS", "BUILDERS", "build_model", "builder",
-           "input_kind"]
+__all__ = ["MultiTaskModel", "HardSharing", "Independent", "MMoE", "CGC", "PLE", "ESMM", "AITM", "InputSchema",
+           "ImageSpec", "TabularEncoder", "TabularMLP", "ConvFeatures", "ConvTrunk", "mlp", "MODELS", "BUILDERS",
+           "build_model", "builder", "input_kind"]
