@@ -9,7 +9,7 @@ from multitask.config import ConfigError
 from multitask.data import MultiTaskData
 from multitask.models import MODELS, build_model
 from multitask.models.blocks import MLPBlocks
-from multitask.models.layers import mlp
+from multitask.models.layers import BatchNorm1d, mlp
 
 TASKS = [Task("r", "regression"), Task("c", "multiclass", n_outputs=3), Task("b", "binary")]
 SCHEMA = InputSchema(5, (7, 3))
@@ -212,12 +212,14 @@ def test_batch_norm_is_off_by_default_and_an_option(make):
     assert any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
     out = model(_inputs(6))
     assert all(torch.isfinite(v).all() for v in out.values())
+    # a last training batch of one row (PyTorch's BatchNorm1d refuses it) is normalised with the running stats
+    assert model.training and all(torch.isfinite(v).all() for v in model(_inputs(1)).values())
 
 
 def test_batch_norm_goes_in_the_experts_and_the_trunk():
     layers = list(mlp(4, (8, 6), 2, dropout=0.1, batch_norm=True))
-    assert [type(m) for m in layers] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout,
-                                         nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout, nn.Linear]
+    assert [type(m) for m in layers] == [nn.Linear, BatchNorm1d, nn.ReLU, nn.Dropout,
+                                         nn.Linear, BatchNorm1d, nn.ReLU, nn.Dropout, nn.Linear]
     assert [type(m) for m in mlp(4, (8,))] == [nn.Linear, nn.ReLU]
     mmoe = MMoE.tabular(TASKS, SCHEMA, n_experts=2, expert_hidden=(8,), batch_norm=True)
     assert all(isinstance(e[1], nn.BatchNorm1d) for e in mmoe.experts)

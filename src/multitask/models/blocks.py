@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from multitask.models.conv import ImageSpec, Normalize
-from multitask.models.layers import InputSchema, TabularEncoder, check_dropout, check_flag, check_widths
+from multitask.models.layers import (BatchNorm1d, InputSchema, TabularEncoder, check_dropout, check_flag,
+                                    check_widths)
 
 
 class Blocks:
@@ -74,7 +75,7 @@ class MLPBlocks(Blocks):
         d = self.width_before(i) if in_width is None else in_width
         parts: list[nn.Module] = [nn.Linear(d, self.widths[i])]
         if self.batch_norm:
-            parts.append(nn.BatchNorm1d(self.widths[i]))
+            parts.append(BatchNorm1d(self.widths[i]))
         parts.append(nn.ReLU())
         if self.dropout > 0:
             parts.append(nn.Dropout(self.dropout))
@@ -98,7 +99,7 @@ class DenseLayer(nn.Module):
     def __init__(self, d_in: int, d_out: int, dropout: float, batch_norm: bool = False) -> None:
         super().__init__()
         self.linear = nn.Linear(d_in, d_out)
-        self.norm = nn.BatchNorm1d(d_out) if batch_norm else nn.Identity()
+        self.norm = BatchNorm1d(d_out) if batch_norm else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:

@@ -16,6 +16,18 @@ class InputSchema:
     cat_cardinalities: Sequence[int] = field(default_factory=tuple)
 
 
+class BatchNorm1d(nn.BatchNorm1d):
+    """`nn.BatchNorm1d` that normalises a training batch of a single row with the running statistics instead of
+    refusing it (a last batch of one row happens whenever the training rows are a multiple of the batch size
+    plus one); otherwise identical, with the same state dict."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1 and self.track_running_stats:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                            False, 0.0, self.eps)
+        return super().forward(x)
+
+
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout: float = 0.0,
         option: str = "hidden", batch_norm: bool = False) -> nn.Sequential:
     """Linear-ReLU(-Dropout) layers (Linear-BatchNorm1d-ReLU(-Dropout) with `batch_norm`); a final Linear to
@@ -29,7 +41,7 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout:
     for h in hidden:
         layers.append(nn.Linear(d, h))
         if batch_norm:
-            layers.append(nn.BatchNorm1d(h))
+            layers.append(BatchNorm1d(h))
         layers.append(nn.ReLU())
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
