@@ -1,6 +1,7 @@
-"""Adaptive Information Transfer Multi-task framework (Xi, Chen, Yan, Zhang, Zhu, Zhuang, Chen; "Modeling the
-Sequential Dependence among Audience Multi-step Conversions with Multi-task Learning in Targeted Display
-Advertising", KDD 2021).
+"""Adaptive Information Transfer Multi-task (Xi et al., KDD 2021): each funnel step attends to the one before it.
+
+Xi, Chen, Yan, Zhang, Zhu, Zhuang and Chen, "Modeling the Sequential Dependence among Audience Multi-step
+Conversions with Multi-task Learning in Targeted Display Advertising", KDD 2021.
 
 Steps of a funnel (click -> application -> approval) have ever fewer positives; AITM lets each step learn what to
 take from the step before. Every task has a tower q_t on the shared encoder. For a task that follows another

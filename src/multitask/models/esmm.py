@@ -1,5 +1,7 @@
-"""Entire Space Multi-task Model (Ma, Zhao, Huang, Wang, Hu, Zhu, Gai; "Entire Space Multi-Task Model: An
-Effective Approach for Estimating Post-Click Conversion Rate", SIGIR 2018).
+"""Entire Space Multi-task Model (Ma et al., SIGIR 2018): a later funnel step as the product of the chain's steps.
+
+Ma, Zhao, Huang, Wang, Hu, Zhu and Gai, "Entire Space Multi-Task Model: An Effective Approach for Estimating
+Post-Click Conversion Rate", SIGIR 2018.
 
 A conversion is only observed after a click, so a CVR model trained on clicked rows sees a biased sample and few
 labels. ESMM trains over every row instead: the conversion task's output is the product of the chain's

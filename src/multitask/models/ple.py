@@ -1,6 +1,7 @@
-"""Customized Gate Control (CGC) and Progressive Layered Extraction (PLE): Tang, Liu, Zhao and Gong,
-"Progressive Layered Extraction (PLE): A Novel Multi-Task Learning (MTL) Model for Personalized
-Recommendations", RecSys 2020.
+"""Customized Gate Control and Progressive Layered Extraction (Tang et al., RecSys 2020): task and shared experts.
+
+Tang, Liu, Zhao and Gong, "Progressive Layered Extraction (PLE): A Novel Multi-Task Learning (MTL) Model for
+Personalized Recommendations", RecSys 2020.
 
 MMoE shares every expert, so tasks compete for them (the "seesaw" of one task improving as another degrades).
 CGC gives each task its own experts beside shared ones: task t's gate mixes only its experts and the shared
