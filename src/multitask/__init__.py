@@ -6,16 +6,17 @@ Declare `Task`s, pick an architecture (`Independent`, `HardSharing`, `MMoE`, ...
 from multitask.balancing import BALANCERS, Balancer, Equal, Static, Uncertainty
 from multitask.data import DatasetBundle, MultiTaskData, load_census_income, load_yeast
 from multitask.metrics import delta_m
-from multitask.models import (Blocks, Branched, Cascade, ConvBlocks, CrossStitch, HardSharing, ImageSpec,
-                              Independent, InputSchema, MLPBlocks, MMoE, MTAN, Modulation, MultiTaskModel,
-                              ParameterDistance, Sluice, TaskConditioned, TaskNorm)
+from multitask.models import (AITM, Blocks, Branched, CGC, Cascade, ConvBlocks, CrossStitch, ESMM, HardSharing,
+                              ImageSpec, Independent, InputSchema, MLPBlocks, MMoE, MTAN, Modulation,
+                              MultiTaskModel, PLE, ParameterDistance, Sluice, TaskConditioned, TaskNorm)
 from multitask.tasks import Task
 from multitask.training import Trainer, TrainerConfig
 
 __version__ = "0.1.0"
 
 __all__ = ["Task", "MultiTaskData", "DatasetBundle", "load_census_income", "load_yeast", "MultiTaskModel",
-           "Independent", "HardSharing", "MMoE", "Branched", "CrossStitch", "Sluice", "ParameterDistance",
-           "TaskConditioned", "MTAN", "Modulation", "TaskNorm", "Cascade", "Blocks", "MLPBlocks", "ConvBlocks",
-           "InputSchema", "ImageSpec", "Balancer", "Equal", "Static", "Uncertainty",
+           "Independent", "HardSharing", "MMoE", "CGC", "PLE", "Branched", "CrossStitch", "Sluice",
+           "ParameterDistance", "TaskConditioned", "MTAN", "Modulation", "TaskNorm", "Cascade", "ESMM", "AITM",
+           "Blocks", "MLPBlocks", "ConvBlocks", "InputSchema", "ImageSpec", "Balancer", "Equal", "Static",
+           "Uncertainty",
            "BALANCERS", "Trainer", "TrainerConfig", "delta_m"]

@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from multitask.balancing import BALANCERS
 from multitask.data import DATASET_ROWS, DATASET_TASKS, dataset_tasks
 from multitask.errors import message
+from multitask.tasks import dependency_error
 from multitask.models import MODELS, builder
 
 
@@ -96,6 +97,7 @@ class TaskConfig(_Strict):
     metrics: Optional[list[str]] = None
     inputs: Optional[list[str]] = Field(None, description="table: the only input columns this task reads")
     private_inputs: Optional[list[str]] = Field(None, description="table: input columns no other task reads")
+    after: Optional[str] = Field(None, description="the task this one follows in a funnel (ESMM, AITM)")
 
 
 class NamedConfig(BaseModel):
@@ -310,9 +312,13 @@ def configure_tasks(tasks: list, cfg: RunConfig) -> list:
         if tc is None:
             continue
         try:
-            out.append(dataclasses.replace(t, importance=tc.importance, metrics=tc.metrics or t.metrics))
+            out.append(dataclasses.replace(t, importance=tc.importance, metrics=tc.metrics or t.metrics,
+                                           after=tc.after))
         except (ValueError, TypeError) as e:
             raise ConfigError(f"tasks.{t.name}: {e}") from None
+    problem = dependency_error(out)
+    if problem is not None:
+        raise ConfigError(f"tasks.{problem[0]}.after: {problem[1]}")
     return out
 
 

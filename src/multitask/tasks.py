@@ -48,6 +48,9 @@ class Task:
     A regression target trained in standardised units, ``(y - target_mean) / target_std``, keeps its loss
     there (so no task's units drown another's) while `evaluate` reports mse and mae in y's own units;
     ``target_std=None`` (the default) means the targets are already in the units to report.
+
+    ``after`` names the task this one follows in a funnel (conversion after click): funnel models (ESMM,
+    AITM) chain such tasks; other models ignore it. `check_dependencies` validates a list of tasks' links.
     """
 
     name: str
@@ -58,10 +61,15 @@ class Task:
     loss_fn: ElementLoss | None = field(default=None, repr=False)
     target_mean: float = 0.0
     target_std: float | None = None
+    after: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"task name must be a non-empty string, got {self.name!r}")
+        if self.after is not None and (not isinstance(self.after, str) or not self.after):
+            raise ValueError(f"task {self.name!r}: after must name another task, got {self.after!r}")
+        if self.after == self.name:
+            raise ValueError(f"task {self.name!r}: a task cannot come after itself (after: {self.after!r})")
         if self.kind not in KINDS:
             raise ValueError(f"task {self.name!r}: kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
         if not isinstance(self.n_outputs, numbers.Integral) or isinstance(self.n_outputs, bool):
@@ -237,6 +245,8 @@ class Task:
                "importance": self.importance, "metrics": list(self.metrics or ())}
         if self.target_std is not None:  # absent in older run directories: Task(**d) reads them unscaled
             out.update(target_mean=self.target_mean, target_std=self.target_std)
+        if self.after is not None:  # absent when unset, as in older run directories
+            out["after"] = self.after
         return out
 
 
@@ -265,6 +275,33 @@ def fail_if_any(where: str, bad: Tensor, target: Tensor, what: str, allowed: str
     rows = int(bad.reshape(bad.shape[0], -1).any(1).sum())
     verb = "row has" if rows == 1 else "rows have"
     raise ValueError(f"{where}: {rows} {verb} {what} (e.g. {_examples(target[bad])}); {allowed}")
+
+
+def dependency_error(tasks: Sequence[Task]) -> tuple[str, str] | None:
+    """(task name, message) for the first task whose `after` names no task of `tasks` or closes a cycle;
+    None when the links form a forest (every chain ends at a task without `after`)."""
+    names = [t.name for t in tasks]
+    after = {t.name: t.after for t in tasks}
+    for t in tasks:
+        if t.after is not None and t.after not in after:
+            return t.name, (f"task {t.name!r}: after {t.after!r} is not one of the tasks "
+                            f"({', '.join(names)})")
+    for t in tasks:
+        path, node = [t.name], t.after
+        while node is not None:
+            path.append(node)
+            if node == t.name:
+                return t.name, f"task {t.name!r}: after: the tasks {' -> '.join(map(repr, path))} form a cycle"
+            node = after[node]
+    return None
+
+
+def check_dependencies(tasks: Sequence[Task]) -> dict[str, str | None]:
+    """Each task's `after` (None for a task that follows none), checked: a known task, no cycle."""
+    problem = dependency_error(tasks)
+    if problem is not None:
+        raise ValueError(problem[1])
+    return {t.name: t.after for t in tasks}
 
 
 def check_unique(tasks: Sequence[Task]) -> dict[str, Task]:

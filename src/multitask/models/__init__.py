@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from multitask.models.aitm import AITM
 from multitask.models.base import MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.branched import Branched
 from multitask.models.cascade import Cascade
 from multitask.models.conv import ConvFeatures, ConvTrunk, ImageSpec
 from multitask.models.cross_stitch import CrossStitch
+from multitask.models.esmm import ESMM
 from multitask.models.hard_sharing import HardSharing
 from multitask.models.independent import Independent
 from multitask.models.layers import InputSchema, TabularEncoder, TabularMLP, mlp
@@ -20,6 +22,7 @@ from multitask.models.mmoe import MMoE
 from multitask.models.modulation import Modulation
 from multitask.models.mtan import MTAN
 from multitask.models.param_distance import ParameterDistance
+from multitask.models.ple import CGC, PLE
 from multitask.models.sluice import Sluice
 from multitask.models.task_conditioned import TaskConditioned
 from multitask.models.task_norm import TaskNorm
@@ -29,6 +32,8 @@ MODELS = {
     "independent": Independent,
     "hard_sharing": HardSharing,
     "mmoe": MMoE,
+    "cgc": CGC,
+    "ple": PLE,
     "branched": Branched,
     "cross_stitch": CrossStitch,
     "sluice": Sluice,
@@ -38,6 +43,8 @@ MODELS = {
     "modulation": Modulation,
     "task_norm": TaskNorm,
     "cascade": Cascade,
+    "esmm": ESMM,
+    "aitm": AITM,
 }
 # input kind -> (the spec class, the name of the classmethod that builds a model from it)
 BUILDERS = {"table": (InputSchema, "tabular"), "image": (ImageSpec, "image")}
@@ -69,6 +76,6 @@ def build_model(name: str, tasks: Sequence[Any], spec: Any, **options: Any) -> M
 __all__ = [
     "MultiTaskModel", "Blocks", "MLPBlocks", "ConvBlocks", "InputSchema", "ImageSpec", "TabularEncoder",
     "TabularMLP", "ConvFeatures", "ConvTrunk", "mlp", "MODELS", "BUILDERS", "build_model", "builder",
-    "input_kind", "Independent", "HardSharing", "MMoE", "Branched", "CrossStitch", "Sluice",
-    "ParameterDistance", "TaskConditioned", "MTAN", "Modulation", "TaskNorm", "Cascade",
+    "input_kind", "Independent", "HardSharing", "MMoE", "CGC", "PLE", "Branched", "CrossStitch", "Sluice",
+    "ParameterDistance", "TaskConditioned", "MTAN", "Modulation", "TaskNorm", "Cascade", "ESMM", "AITM",
 ]

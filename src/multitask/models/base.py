@@ -62,9 +62,10 @@ class MultiTaskModel(nn.Module):
     def penalties(self, tasks: Sequence[str]) -> dict[str, Tensor]:
         """Extra training-loss terms, one per task that has one (e.g. a parameter-distance penalty between
         task columns), added to that task's loss before balancing, so a balancer sees each as part of its
-        task's loss. A task's term may depend only on parameters that task's loss depends on anyway. The engine asks
-        for them once per training step, after the step's forward pass (so a term may use that forward's
-        activations). Empty by default; not part of evaluation losses."""
+        task's loss. A task's term may depend only on parameters that task's loss depends on anyway (or on a
+        group that includes the task). The engine asks once per step, after the step's forward pass (for
+        ``forward(inputs)``: the whole model's), so a term may read what that forward computed. Empty by
+        default; not part of evaluation losses."""
         return {}
 
     @classmethod

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from multitask.models.conv import ImageSpec, Normalize
-from multitask.models.layers import InputSchema, TabularEncoder, check_dropout, check_widths
+from multitask.models.layers import (BatchNorm1d, InputSchema, TabularEncoder, check_dropout, check_flag,
+                                    check_widths)
 
 
 class Blocks:
@@ -50,16 +51,17 @@ class Blocks:
 
 class MLPBlocks(Blocks):
     """Tables: `TabularEncoder` (numeric columns and categorical embeddings), then one Linear-ReLU(-Dropout)
-    layer per entry of `hidden`."""
+    layer per entry of `hidden` (Linear-BatchNorm1d-ReLU(-Dropout) with `batch_norm`)."""
 
     def __init__(self, schema: InputSchema, hidden: Sequence[int] = (256, 128), embedding_dim: int = 8,
                  dropout: float = 0.0, embedding_std: float | None = None,
-                 embedding_width: str = "per_column", option: str = "hidden") -> None:
+                 embedding_width: str = "per_column", option: str = "hidden", batch_norm: bool = False) -> None:
         check_widths(option, hidden)
         if not hidden:
             raise ValueError(f"{option}: needs at least one layer")
         check_dropout(dropout)
-        self.schema, self.embedding_dim, self.dropout = schema, embedding_dim, dropout
+        check_flag("batch_norm", batch_norm)
+        self.schema, self.embedding_dim, self.dropout, self.batch_norm = schema, embedding_dim, dropout, batch_norm
         self.embedding = dict(embedding_std=embedding_std, embedding_width=embedding_width)
         probe = TabularEncoder(schema, embedding_dim, **self.embedding)  # checks the options now, not at build time
         self.in_width = probe.out_dim
@@ -71,7 +73,10 @@ class MLPBlocks(Blocks):
 
     def layer(self, i: int, in_width: int | None = None) -> nn.Module:
         d = self.width_before(i) if in_width is None else in_width
-        parts: list[nn.Module] = [nn.Linear(d, self.widths[i]), nn.ReLU()]
+        parts: list[nn.Module] = [nn.Linear(d, self.widths[i])]
+        if self.batch_norm:
+            parts.append(BatchNorm1d(self.widths[i]))
+        parts.append(nn.ReLU())
         if self.dropout > 0:
             parts.append(nn.Dropout(self.dropout))
         return nn.Sequential(*parts)
@@ -89,27 +94,31 @@ class ConvLayer(nn.Module):
 
 
 class DenseLayer(nn.Module):
-    """Flatten (when given an image activation), Linear, ReLU, optional dropout."""
+    """Flatten (when given an image activation), Linear, optional BatchNorm1d, ReLU, optional dropout."""
 
-    def __init__(self, d_in: int, d_out: int, dropout: float) -> None:
+    def __init__(self, d_in: int, d_out: int, dropout: float, batch_norm: bool = False) -> None:
         super().__init__()
         self.linear = nn.Linear(d_in, d_out)
+        self.norm = BatchNorm1d(d_out) if batch_norm else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(torch.relu(self.linear(x.flatten(1))))
+        return self.dropout(torch.relu(self.norm(self.linear(x.flatten(1)))))
 
 
 class ConvBlocks(Blocks):
     """Images: the LeNet-like trunk cut into layers, one conv-pool-ReLU layer per entry of `conv_channels`
-    then one fully connected ReLU layer per entry of `hidden` (the first flattens). The encoder only scales
-    and normalises the pixels (`Normalize`), so it has no parameters."""
+    then one fully connected ReLU layer per entry of `hidden` (the first flattens; with BatchNorm1d before the
+    ReLU when `batch_norm`). The encoder only scales and normalises the pixels (`Normalize`), so it has no
+    parameters."""
 
     def __init__(self, spec: ImageSpec, conv_channels: Sequence[int] = (10, 20), kernel_size: int = 5,
-                 hidden: Sequence[int] = (50,), dropout: float = 0.0) -> None:
+                 hidden: Sequence[int] = (50,), dropout: float = 0.0, batch_norm: bool = False,
+                 option: str = "hidden") -> None:
         check_widths("conv_channels", conv_channels)
-        check_widths("hidden", hidden)
+        check_widths(option, hidden)
         check_dropout(dropout)
+        check_flag("batch_norm", batch_norm)
         if not conv_channels:
             raise ValueError("conv_channels needs at least one conv layer, e.g. [10, 20]")
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
@@ -121,7 +130,7 @@ class ConvBlocks(Blocks):
                 raise ValueError(f"image size {spec.height}x{spec.width} is too small for {len(conv_channels)} "
                                  f"conv layers of kernel_size {kernel_size} with 2x2 pooling (conv_channels "
                                  f"{list(conv_channels)}); use larger images, fewer layers or a smaller kernel")
-        self.spec, self.kernel_size, self.dropout = spec, kernel_size, dropout
+        self.spec, self.kernel_size, self.dropout, self.batch_norm = spec, kernel_size, dropout, batch_norm
         self.n_conv = len(conv_channels)
         self.flat_conv = conv_channels[-1] * h * w
         self.in_width = spec.channels
@@ -135,7 +144,7 @@ class ConvBlocks(Blocks):
         if i < self.n_conv:
             return ConvLayer(self.width_before(i) if in_width is None else in_width, self.widths[i], self.kernel_size)
         d = (self.flat_conv if i == self.n_conv else self.widths[i - 1]) if in_width is None else in_width
-        return DenseLayer(d, self.widths[i], self.dropout)
+        return DenseLayer(d, self.widths[i], self.dropout, self.batch_norm)
 
 
 def column(blocks: Blocks, start: int = 0, stop: int | None = None) -> nn.Sequential:

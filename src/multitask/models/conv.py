@@ -86,15 +86,15 @@ class ConvFeatures(nn.Module):
 
 
 class ConvTrunk(nn.Module):
-    """`ConvFeatures` then fully connected ReLU layers `hidden`: the LeNet-like trunk (default: 10 and 20
-    channels of 5x5 kernels, one 50-unit layer)."""
+    """`ConvFeatures` then fully connected ReLU layers `hidden` (with BatchNorm1d when `batch_norm`): the
+    LeNet-like trunk (default: 10 and 20 channels of 5x5 kernels, one 50-unit layer)."""
 
     def __init__(self, spec: ImageSpec, conv_channels: Sequence[int] = (10, 20), kernel_size: int = 5,
-                 hidden: Sequence[int] = (50,), dropout: float = 0.0) -> None:
+                 hidden: Sequence[int] = (50,), dropout: float = 0.0, batch_norm: bool = False) -> None:
         super().__init__()
         check_dropout(dropout)
         self.features = ConvFeatures(spec, conv_channels, kernel_size)
-        self.fc = mlp(self.features.out_dim, hidden, dropout=dropout)
+        self.fc = mlp(self.features.out_dim, hidden, dropout=dropout, batch_norm=batch_norm)
         self.out_dim = mlp_out_dim(self.features.out_dim, hidden)
 
     def forward(self, x: Tensor) -> Tensor:

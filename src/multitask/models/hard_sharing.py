@@ -25,17 +25,21 @@ class HardSharing(MultiTaskModel):
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
-                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, dropout: float = 0.0) -> "HardSharing":
-        """The built-in tabular model: categorical embeddings + MLP trunk, MLP heads."""
-        trunk = TabularMLP(schema, hidden, embedding_dim, dropout)
+                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
+                embedding_width: str = "per_column", dropout: float = 0.0,
+                batch_norm: bool = False) -> "HardSharing":
+        """The built-in tabular model: categorical embeddings + MLP trunk, MLP heads. `embedding_std` and
+        `embedding_width` are `TabularEncoder`'s; `batch_norm` puts BatchNorm1d in the trunk's layers."""
+        trunk = TabularMLP(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width, batch_norm)
         return cls(tasks, trunk, trunk.out_dim, head_hidden, dropout)
 
     @classmethod
     def image(cls, tasks: Sequence[Task], spec: ImageSpec, conv_channels: Sequence[int] = (10, 20),
               kernel_size: int = 5, hidden: Sequence[int] = (50,), head_hidden: Sequence[int] = (50,),
-              dropout: float = 0.0) -> "HardSharing":
-        """The built-in image model: the LeNet-like `ConvTrunk` shared, MLP heads."""
-        trunk = ConvTrunk(spec, conv_channels, kernel_size, hidden, dropout)
+              dropout: float = 0.0, batch_norm: bool = False) -> "HardSharing":
+        """The built-in image model: the LeNet-like `ConvTrunk` shared, MLP heads; `batch_norm` puts
+        BatchNorm1d in the trunk's fully connected layers."""
+        trunk = ConvTrunk(spec, conv_channels, kernel_size, hidden, dropout, batch_norm)
         return cls(tasks, trunk, trunk.out_dim, head_hidden, dropout)
 
     def shared(self, inputs: Inputs) -> Tensor:

@@ -21,11 +21,13 @@ class Independent(MultiTaskModel):
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
-                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, dropout: float = 0.0) -> "Independent":
+                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
+                embedding_width: str = "per_column", dropout: float = 0.0,
+                batch_norm: bool = False) -> "Independent":
         """Per task: the same layers as `HardSharing.tabular`, but not shared."""
 
         def make(task: Task) -> nn.Module:
-            trunk = TabularMLP(schema, hidden, embedding_dim, dropout)
+            trunk = TabularMLP(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width, batch_norm)
             return nn.Sequential(trunk, mlp(trunk.out_dim, head_hidden, task.out_dim, dropout=dropout,
                                             option="head_hidden"))
 
@@ -34,11 +36,11 @@ class Independent(MultiTaskModel):
     @classmethod
     def image(cls, tasks: Sequence[Task], spec: ImageSpec, conv_channels: Sequence[int] = (10, 20),
               kernel_size: int = 5, hidden: Sequence[int] = (50,), head_hidden: Sequence[int] = (50,),
-              dropout: float = 0.0) -> "Independent":
+              dropout: float = 0.0, batch_norm: bool = False) -> "Independent":
         """Per task: the same layers as `HardSharing.image`, but not shared."""
 
         def make(task: Task) -> nn.Module:
-            trunk = ConvTrunk(spec, conv_channels, kernel_size, hidden, dropout)
+            trunk = ConvTrunk(spec, conv_channels, kernel_size, hidden, dropout, batch_norm)
             return nn.Sequential(trunk, mlp(trunk.out_dim, head_hidden, task.out_dim, dropout=dropout,
                                             option="head_hidden"))
 

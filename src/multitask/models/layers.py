@@ -18,16 +18,33 @@ class InputSchema:
     names: Sequence[str] = field(default_factory=tuple)
 
 
+class BatchNorm1d(nn.BatchNorm1d):
+    """`nn.BatchNorm1d` that normalises a training batch of a single row with the running statistics instead of
+    refusing it (a last batch of one row happens whenever the training rows are a multiple of the batch size
+    plus one); otherwise identical, with the same state dict."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1 and self.track_running_stats:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                            False, 0.0, self.eps)
+        return super().forward(x)
+
+
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout: float = 0.0,
-        option: str = "hidden") -> nn.Sequential:
-    """Linear-ReLU(-Dropout) layers; a final Linear to `out_dim` without activation when it is given.
-    `option` is the name errors give to `hidden` (the config field it came from)."""
+        option: str = "hidden", batch_norm: bool = False) -> nn.Sequential:
+    """Linear-ReLU(-Dropout) layers (Linear-BatchNorm1d-ReLU(-Dropout) with `batch_norm`); a final Linear to
+    `out_dim` without activation or normalisation when it is given. `option` is the name errors give to
+    `hidden` (the config field it came from)."""
     check_widths(option, hidden)
     check_dropout(dropout)
+    check_flag("batch_norm", batch_norm)
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
-        layers += [nn.Linear(d, h), nn.ReLU()]
+        layers.append(nn.Linear(d, h))
+        if batch_norm:
+            layers.append(BatchNorm1d(h))
+        layers.append(nn.ReLU())
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         d = h
@@ -48,6 +65,12 @@ def check_widths(option: str, widths: Sequence[int]) -> None:
 def check_dropout(dropout: float) -> None:
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+
+
+def check_flag(option: str, value: bool) -> None:
+    """A true/false option (not 0/1 or a string)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{option} must be true or false, got {value!r}")
 
 
 def mlp_out_dim(in_dim: int, hidden: Sequence[int]) -> int:
@@ -98,12 +121,15 @@ class TabularEncoder(nn.Module):
 
 
 class TabularMLP(nn.Module):
-    """Encoder + MLP: the built-in trunk for tabular data."""
+    """Encoder + MLP: the built-in trunk for tabular data (see `TabularEncoder` for the embedding options and
+    `mlp` for `batch_norm`)."""
 
-    def __init__(self, schema: InputSchema, hidden: Sequence[int], embedding_dim: int = 8, dropout: float = 0.0):
+    def __init__(self, schema: InputSchema, hidden: Sequence[int], embedding_dim: int = 8, dropout: float = 0.0,
+                 embedding_std: float | None = None, embedding_width: str = "per_column",
+                 batch_norm: bool = False):
         super().__init__()
-        self.encoder = TabularEncoder(schema, embedding_dim)
-        self.body = mlp(self.encoder.out_dim, hidden, dropout=dropout)
+        self.encoder = TabularEncoder(schema, embedding_dim, embedding_std, embedding_width)
+        self.body = mlp(self.encoder.out_dim, hidden, dropout=dropout, batch_norm=batch_norm)
         self.out_dim = mlp_out_dim(self.encoder.out_dim, hidden)
 
     def forward(self, inputs: Tensor | dict[str, Tensor]) -> Tensor:

@@ -25,7 +25,7 @@ class MMoE(MultiTaskModel):
 
     def __init__(self, tasks: Sequence[Task], encoder: nn.Module, in_dim: int, n_experts: int = 8,
                  expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (32,),
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, batch_norm: bool = False) -> None:
         super().__init__()
         if isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1:
             raise ValueError(f"n_experts must be an integer >= 1, got {n_experts!r}")
@@ -33,8 +33,8 @@ class MMoE(MultiTaskModel):
             raise ValueError("expert_hidden needs at least one layer")
         self.task_names = [t.name for t in tasks]
         self.encoder = encoder
-        self.experts = nn.ModuleList(mlp(in_dim, expert_hidden, dropout=dropout, option="expert_hidden")
-                                     for _ in range(n_experts))
+        self.experts = nn.ModuleList(mlp(in_dim, expert_hidden, dropout=dropout, option="expert_hidden",
+                                         batch_norm=batch_norm) for _ in range(n_experts))
         d = mlp_out_dim(in_dim, expert_hidden)
         self.gates = nn.ModuleDict({t.name: nn.Linear(in_dim, n_experts) for t in tasks})
         self.towers = nn.ModuleDict({t.name: mlp(d, tower_hidden, t.out_dim, dropout=dropout, option="tower_hidden")
@@ -43,18 +43,21 @@ class MMoE(MultiTaskModel):
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, n_experts: int = 8,
                 expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (32,),
-                embedding_dim: int = 8, dropout: float = 0.0) -> "MMoE":
-        encoder = TabularEncoder(schema, embedding_dim)
-        return cls(tasks, encoder, encoder.out_dim, n_experts, expert_hidden, tower_hidden, dropout)
+                embedding_dim: int = 8, embedding_std: float | None = None, embedding_width: str = "per_column",
+                dropout: float = 0.0, batch_norm: bool = False) -> "MMoE":
+        """Categorical embeddings (`TabularEncoder`'s options) shared; `batch_norm` puts BatchNorm1d in the
+        experts' layers."""
+        encoder = TabularEncoder(schema, embedding_dim, embedding_std, embedding_width)
+        return cls(tasks, encoder, encoder.out_dim, n_experts, expert_hidden, tower_hidden, dropout, batch_norm)
 
     @classmethod
     def image(cls, tasks: Sequence[Task], spec: ImageSpec, conv_channels: Sequence[int] = (10, 20),
               kernel_size: int = 5, n_experts: int = 4, expert_hidden: Sequence[int] = (50,),
-              tower_hidden: Sequence[int] = (50,), dropout: float = 0.0) -> "MMoE":
+              tower_hidden: Sequence[int] = (50,), dropout: float = 0.0, batch_norm: bool = False) -> "MMoE":
         """Shared conv layers (the LeNet trunk without its fully connected layer) as the encoder; experts,
-        gates and towers read its flattened features."""
+        gates and towers read its flattened features; `batch_norm` puts BatchNorm1d in the experts' layers."""
         encoder = ConvFeatures(spec, conv_channels, kernel_size)
-        return cls(tasks, encoder, encoder.out_dim, n_experts, expert_hidden, tower_hidden, dropout)
+        return cls(tasks, encoder, encoder.out_dim, n_experts, expert_hidden, tower_hidden, dropout, batch_norm)
 
     def shared(self, inputs: Inputs) -> tuple[Tensor, Tensor]:
         x = self.encoder(inputs)
