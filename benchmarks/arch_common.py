@@ -1,0 +1,124 @@
+"""Shared by benchmarks/architectures.py and benchmarks/test_time.py: per-family model options, the timing
+helper, and the machine line. Not a benchmark of its own.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from typing import Any, Sequence
+
+import torch
+
+from multitask import config as cfgmod
+from multitask.models import MODELS
+
+# Per-family model options for census-income, sized like benchmarks/census.py (two 128-64 layers or 8 experts of
+# 64, small heads, embeddings of up to 8 dimensions per categorical column). A family without an entry is built
+# with its builder's defaults (so a family merged later runs without touching this file; give it an entry
+# here, or --options on the command line, to size it like the others). `branches` is written by
+# `options_for` from the task names (layer 0 shared by all, layer 1 split in two groups).
+FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
+    "independent": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
+    "hard_sharing": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
+    "mmoe": {"n_experts": 8, "expert_hidden": [64], "tower_hidden": [32], "embedding_dim": 8},
+    "branched": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8, "branches": "split-after-first"},
+}
+
+
+def two_groups(tasks: Sequence[str]) -> list:
+    """`branches` with layer 0 shared by every task and layer 1 split into tasks 0, 2, 4, ... and 1, 3, 5, ...
+    (for census-income [income, marital, education]: [[income, education], [marital]], the issue's example)."""
+    tasks = list(tasks)
+    if len(tasks) < 2:
+        return [tasks]
+    return [tasks, [tasks[0::2], tasks[1::2]]]
+
+
+def options_for(family: str, tasks: Sequence[str], extra: dict[str, dict[str, Any]] | None = None,
+                kind: str = "table") -> tuple[dict[str, Any], list[str]]:
+    """(options, notes): FAMILY_OPTIONS[family] (updated by `extra[family]`), with task-dependent values filled
+    in, minus any option the family's builder for `kind` inputs does not take (each one named in a note)."""
+    opts = dict(FAMILY_OPTIONS.get(family, {}))
+    opts.update((extra or {}).get(family, {}))
+    if opts.get("branches") == "split-after-first":
+        opts["branches"] = two_groups(tasks)
+    return accepted_options(family, opts, kind)
+
+
+def accepted_options(family: str, opts: dict[str, Any], kind: str = "table") -> tuple[dict[str, Any], list[str]]:
+    """`opts` without the options the builder of `family` for `kind` inputs does not take, and a note per
+    dropped option (a family renamed or not yet merged). Raises ValueError when there is no such builder."""
+    fields = cfgmod.model_options_model(family, kind).model_fields
+    kept = {k: v for k, v in opts.items() if k in fields}
+    notes = [f"{family}: option {k}={v!r} dropped (its {kind} builder does not take it)"
+             for k, v in opts.items() if k not in fields]
+    return kept, notes
+
+
+def families(chosen: Sequence[str] | None) -> list[str]:
+    """The chosen families (checked against MODELS) or every registered one, at run time."""
+    if not chosen:
+        return list(MODELS)
+    unknown = [f for f in chosen if f not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown famil{'y' if len(unknown) == 1 else 'ies'} {unknown}; registered: {list(MODELS)}")
+    return list(dict.fromkeys(chosen))
+
+
+def batch_of(inputs: Any, rows: int) -> Any:
+    """Exactly `rows` rows of `inputs` (a tensor or a dict of tensors): the first ones, repeated cyclically
+    when there are fewer (so every latency is for the same batch size)."""
+    first = inputs if isinstance(inputs, torch.Tensor) else next(iter(inputs.values()))
+    idx = torch.arange(rows) % first.shape[0]
+    if isinstance(inputs, torch.Tensor):
+        return inputs[idx].contiguous()
+    return {k: v[idx].contiguous() for k, v in inputs.items()}
+
+
+def latency_ms(fn, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of fn() in milliseconds over `repeats` calls, after `warmup` untimed ones; no grad."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times)
+
+
+def model_latency_ms(model: torch.nn.Module, x: Any, tasks: Sequence[str] | None, repeats: int) -> float:
+    """model(x, tasks=tasks) in eval mode (restored afterwards), median ms."""
+    was_training = model.training
+    model.eval()
+    try:
+        return latency_ms(lambda: model(x, tasks=list(tasks) if tasks is not None else None), repeats)
+    finally:
+        model.train(was_training)
+
+
+def machine_line() -> str:
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip() + ", "
+                break
+    except OSError:
+        pass
+    return (f"machine: {platform.machine()}, {cpu}{os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)")
+
+
+NOTES = "<!-- notes: written by hand, kept when this file is regenerated -->"
+
+
+def kept_notes(md) -> str:
+    """The hand-written part of an earlier report (from the NOTES marker on), so a re-run keeps it."""
+    if not md.exists():
+        return ""
+    old = md.read_text()
+    return "\n" + old[old.index(NOTES):] if NOTES in old else ""

@@ -1,0 +1,512 @@
+"""Architectures on census-income (income, marital, education): every family x balancer x seed, and torch-rechub's
+SharedBottom, MMoE and PLE trained beside them on the same rows, features and tasks (issue 10, benchmark 1).
+
+Per family and balancer: per-task test AUC (mean ± std over seeds), Δm against Independent + equal (all nine
+test metrics, as benchmarks/census.py), parameters, train seconds per epoch (median over epochs, then over
+seeds) and inference milliseconds per 10,000 rows for the first task alone (model(x, tasks=[income])) and for
+all three (eval mode, no grad, median of --repeats calls). One split (seed 0: 10% of the training file for
+validation, the whole test file for test); the seed changes initialisation and batch order.
+
+    python benchmarks/architectures.py [--families ...] [--balancers equal uncertainty mgda] [--seeds 0 1 2]
+        [--epochs 10] [--limit N] [--threads N] [--out docs/benchmarks]
+
+torch-rechub is not a dependency of multitask: the part beside it runs when `import torch_rechub` works, i.e.
+with the interpreter of the environment benchmarks/rechub_env.sh builds:
+
+    .bench-rechub/bin/python benchmarks/architectures.py --out docs/benchmarks
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arch_common import (accepted_options, batch_of, families, kept_notes, latency_ms,  # noqa: E402
+                         machine_line, model_latency_ms, options_for)
+
+from multitask import config as cfgmod  # noqa: E402
+from multitask.balancing import BALANCERS, GradientBalancer  # noqa: E402
+from multitask.data import load_census_income  # noqa: E402
+from multitask.experiment import build_balancer, build_model, count_parameters, trainer_config  # noqa: E402
+from multitask.metrics import delta_m  # noqa: E402
+from multitask.training import Trainer  # noqa: E402
+
+TASKS = ["income", "marital", "education"]
+BATCH, LR = 512, 1e-3
+INFER_ROWS = 10_000
+# equal and uncertainty weight the losses; MGDA (Sener & Koltun 2018) is the canonical gradient method. It runs
+# in parameters mode, the one mode every family supports (features mode is refused for families without a
+# representation all tasks read), so every family is balanced the same way; it costs one backward per task.
+DEFAULT_BALANCERS = ["equal", "uncertainty", "mgda"]
+GRADIENT_MODE = "parameters"
+
+# torch-rechub's own layer choices for census-income (its examples/ranking/run_census.py): every categorical
+# column embedded in 4 dimensions, numeric columns as dense features, towers of one 8-unit layer; its MLP
+# layers are Linear-BatchNorm-ReLU(-Dropout 0) and its embeddings start at N(0, 1e-4).
+RECHUB_EMBED_DIM = 4
+RECHUB_TOWER = [8]
+RECHUB_ARCHS = {  # torch-rechub class -> (its constructor options, our family of the same architecture)
+    "SharedBottom": ({"bottom_params": {"dims": [117]}}, "hard_sharing"),
+    "MMOE": ({"n_expert": 8, "expert_params": {"dims": [16]}}, "mmoe"),
+    "PLE": ({"n_level": 1, "n_expert_specific": 2, "n_expert_shared": 1, "expert_params": {"dims": [16]}}, "ple"),
+}
+# Our family at torch-rechub's sizes, so that s/epoch is also compared at equal work. Options a builder does not
+# take (yet) are dropped with a note; the PLE names are a guess at our PLE's options until it exists.
+RECHUB_SIZED = {
+    "hard_sharing": {"hidden": [117], "head_hidden": RECHUB_TOWER},
+    "mmoe": {"n_experts": 8, "expert_hidden": [16], "tower_hidden": RECHUB_TOWER},
+    "ple": {"n_levels": 1, "n_task_experts": 2, "n_shared_experts": 1, "expert_hidden": [16],
+            "tower_hidden": RECHUB_TOWER},
+}
+RECHUB_LIKE = {"embedding_dim": RECHUB_EMBED_DIM, "embedding_width": "same", "embedding_std": 1e-4,
+               "batch_norm": True}
+
+
+# ------------------------------------------------------------------------------------------------ ours
+def make_config(family: str, options: dict, balancer: str, seed: int, epochs: int, patience: int):
+    gradient = issubclass(BALANCERS[balancer], GradientBalancer)
+    return cfgmod.validate({
+        "data": {"name": "census-income"},
+        "tasks": {t: {} for t in TASKS},
+        "model": {"name": family, **options},
+        "balancer": {"name": balancer, **({"mode": GRADIENT_MODE} if gradient else {})},
+        "trainer": {"epochs": epochs, "batch_size": BATCH, "lr": LR, "patience": patience, "seed": seed,
+                    "progress": False},
+    })
+
+
+def run_ours(bundle, family: str, label: str, options: dict, balancer: str, seed: int, args, x10k) -> dict:
+    cfg = make_config(family, options, balancer, seed, args.epochs, args.patience)
+    net = build_model(cfg, bundle.tasks, bundle.preprocessor.schema)
+    trainer = Trainer(net, bundle.tasks, build_balancer(cfg, bundle.tasks), trainer_config(cfg))
+    start = time.perf_counter()
+    history = trainer.fit(bundle.train, bundle.val)
+    seconds = time.perf_counter() - start
+    test = trainer.evaluate(bundle.test)["metrics"]
+    per_epoch = [r["seconds"] for r in history]
+    return {
+        "library": "multitask", "family": family, "label": label, "options": options, "balancer": balancer,
+        "mode": GRADIENT_MODE if issubclass(BALANCERS[balancer], GradientBalancer) else "-", "seed": seed,
+        "test": test, "fit_seconds": seconds, "epoch_seconds": per_epoch, "s_per_epoch": statistics.median(per_epoch),
+        "epochs": len(history), "best_epoch": trainer.early.best_epoch, "parameters": count_parameters(net),
+        "infer_ms_one": model_latency_ms(net, x10k, TASKS[:1], args.repeats),
+        "infer_ms_all": model_latency_ms(net, x10k, TASKS, args.repeats),
+    }
+
+
+def check_family(family: str, options: dict, args) -> str | None:
+    """Why `family` cannot run on census-income with `options` (None when it can)."""
+    try:
+        make_config(family, options, "equal", 0, 1, args.patience)
+    except (cfgmod.ConfigError, ValueError, TypeError) as e:
+        return " ".join(str(e).split())
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ torch-rechub
+def rechub_version() -> str | None:
+    try:
+        import torch_rechub  # noqa: F401
+    except ImportError:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("torch-rechub")
+    except PackageNotFoundError:
+        return "unknown version"
+
+
+def rechub_features(bundle) -> tuple[list, list[str], list[str]]:
+    """torch-rechub features for our preprocessed columns: each categorical code column a SparseFeature with our
+    vocabulary size (the codes are the same integers), each standardised numeric column a DenseFeature."""
+    from torch_rechub.basic.features import DenseFeature, SparseFeature
+
+    pre = bundle.preprocessor
+    cat, num = list(pre.categorical), list(pre.numeric)
+    cards = pre.schema.cat_cardinalities
+    if len(cat) != len(cards) or len(num) != pre.schema.num_features:
+        raise RuntimeError("preprocessor columns and schema disagree")
+    feats = [SparseFeature(c, vocab_size=int(k), embed_dim=RECHUB_EMBED_DIM) for c, k in zip(cat, cards)]
+    feats += [DenseFeature(c) for c in num]
+    return feats, cat, num
+
+
+def rechub_arrays(data, cat: list[str], num: list[str]):
+    """(x as {column: numpy array}, y as numpy [N, 3] in TASKS order) of one of our splits, row for row."""
+    x = {c: data.inputs["cat"][:, j].numpy() for j, c in enumerate(cat)}
+    x.update({c: data.inputs["num"][:, j].numpy() for j, c in enumerate(num)})
+    y = torch.stack([data.targets[t] for t in TASKS], dim=1).numpy()
+    return x, y
+
+
+def rechub_model(arch: str, features: list):
+    from torch_rechub.models import multi_task
+
+    opts, _ = RECHUB_ARCHS[arch]
+    task_types = ["classification"] * len(TASKS)
+    towers = [{"dims": list(RECHUB_TOWER)} for _ in TASKS]
+    return getattr(multi_task, arch)(features, task_types, tower_params_list=towers, **opts)
+
+
+def run_rechub(bundle, arch: str, seed: int, args, loaders, features, x10k_rechub) -> dict:
+    """torch-rechub's model trained by its MTLTrainer (Adam, our lr and batch size, no weight decay unless
+    --rechub-weight-decay; early stopping with its own rule: validation AUC of task 0 = income, patience as ours);
+    train seconds per epoch = its train_one_epoch (its DataLoader included)."""
+    from torch_rechub.trainers import MTLTrainer
+
+    class TimedTrainer(MTLTrainer):
+        epoch_seconds: list
+
+        def train_one_epoch(self, data_loader):
+            start = time.perf_counter()
+            out = super().train_one_epoch(data_loader)
+            self.epoch_seconds.append(time.perf_counter() - start)
+            return out
+
+    torch.manual_seed(seed)
+    model = rechub_model(arch, features)
+    train_dl, val_dl, test_dl = loaders
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = TimedTrainer(model, task_types=["classification"] * len(TASKS),
+                               optimizer_params={"lr": LR, "weight_decay": args.rechub_weight_decay},
+                               n_epoch=args.epochs, earlystop_patience=args.patience, device="cpu", model_path=tmp)
+        trainer.epoch_seconds = []
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            trainer.fit(train_dl, val_dl)
+        seconds = time.perf_counter() - start
+    best = trainer.early_stopper.best_weights
+    if best is not None:  # it restores the best epoch only when it stops early; we always do (as our Trainer)
+        model.load_state_dict(best)
+    model.eval()
+    probs = []
+    with torch.no_grad():
+        for xb, _ in test_dl:
+            probs.append(model(xb))
+    p = torch.cat(probs).clamp(1e-7, 1 - 1e-7)
+    # its outputs are probabilities; our metrics read logits (AUC is unchanged; accuracy/F1 threshold 0.5 = logit 0)
+    task = {t.name: t for t in bundle.tasks}
+    test = {name: task[name].evaluate(torch.logit(p[:, i:i + 1]), bundle.test.targets[name])
+            for i, name in enumerate(TASKS)}
+    n_params = sum(p.numel() for p in model.parameters())
+    return {
+        "library": "torch-rechub", "family": arch, "label": arch, "balancer": "its mean of losses", "mode": "-",
+        "seed": seed, "test": test, "fit_seconds": seconds, "epoch_seconds": trainer.epoch_seconds,
+        "s_per_epoch": statistics.median(trainer.epoch_seconds), "epochs": len(trainer.epoch_seconds),
+        "parameters": n_params,
+        "infer_ms_all": latency_ms(lambda: model(x10k_rechub), args.repeats),
+    }
+
+
+def rechub_loaders(bundle, cat, num):
+    from torch_rechub.utils.data import DataGenerator
+
+    xs = [rechub_arrays(s, cat, num) for s in (bundle.train, bundle.val, bundle.test)]
+    dg = DataGenerator(*xs[0])
+    return dg.generate_dataloader(x_val=xs[1][0], y_val=xs[1][1], x_test=xs[2][0], y_test=xs[2][1], batch_size=BATCH)
+
+
+def loader_seconds(loader) -> float:
+    """One pass over a DataLoader without a model: what its input pipeline costs per epoch."""
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------------------ report
+def fmt(values: list[float], digits: int = 4) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def mean_metrics(runs: list[dict]) -> dict:
+    first = runs[0]["test"]
+    return {t: {m: statistics.mean(r["test"][t][m] for r in runs) for m in first[t]} for t in first}
+
+
+def groups(runs: list[dict]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in runs:
+        out.setdefault((r["library"], r["label"], r["balancer"]), []).append(r)
+    return out
+
+
+def med(values) -> float:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else math.nan
+
+
+def report(args, bundle, runs, baseline, skipped, failures, notes, rechub: dict) -> str:
+    lines = [
+        f"census-income, tasks {', '.join(TASKS)}: {len(bundle.train):,} train / {len(bundle.val):,} validation / "
+        f"{len(bundle.test):,} test rows (split seed 0{'; --limit ' + str(args.limit) if args.limit else ''}); "
+        f"seeds {args.seeds}; Adam lr {LR:g}, "
+        f"batch {BATCH}, up to {args.epochs} epochs, early stopping on validation loss (patience {args.patience}), "
+        "best epoch restored; gradient balancers in mode parameters",
+        machine_line() + (f", torch-rechub {rechub['version']}" if rechub.get("version") else ""),
+        "",
+        "## Every family × balancer",
+        "",
+        f"Δm against Independent + equal (mean of the {sum(len(m) for m in baseline.values())} test metrics, "
+        "per seed, then mean ± std). s/epoch: training only (no validation), median over epochs then seeds. "
+        f"Inference: ms per {INFER_ROWS:,} test rows, eval mode, no grad, median of {args.repeats} calls, for "
+        f"`tasks=[{TASKS[0]}]` and for all {len(TASKS)} tasks.",
+        "",
+        "| family | balancer | " + " | ".join(f"{t} AUC" for t in TASKS) + " | Δm % | parameters | s/epoch | epochs"
+        " | infer ms, 1 task | infer ms, all |",
+        "|---|---|" + "---:|" * (len(TASKS) + 6),
+    ]
+    for (lib, label, balancer), group in groups(runs).items():
+        if lib != "multitask" or label.endswith("@rechub-sizes"):
+            continue
+        dms = [delta_m(r["test"], baseline) for r in group]
+        lines.append(
+            f"| {label} | {balancer} | " + " | ".join(fmt([r["test"][t]["auc"] for r in group]) for t in TASKS)
+            + f" | {fmt(dms, 2)} | {group[0]['parameters']:,} | {med(r['s_per_epoch'] for r in group):.2f} | "
+            f"{statistics.mean(r['epochs'] for r in group):.1f} | {med(r['infer_ms_one'] for r in group):.1f} | "
+            f"{med(r['infer_ms_all'] for r in group):.1f} |")
+    if skipped:
+        lines += ["", "Skipped (cannot run on census-income as configured here):"]
+        lines += [f"- `{f}`: {why}" for f, why in skipped.items()]
+    if failures:
+        lines += ["", "Failed runs (the error, not a result):"]
+        lines += [f"- {what}: {why}" for what, why in failures]
+    lines += ["", "## Beside torch-rechub", ""]
+    if not rechub.get("version"):
+        lines.append(f"Not run: {rechub.get('why', 'torch_rechub is not importable by this interpreter')} "
+                     "(build its environment with benchmarks/rechub_env.sh and run this script with its python).")
+    else:
+        lines += [
+            f"torch-rechub {rechub['version']} (`torch_rechub.models.multi_task`), trained by its `MTLTrainer` on "
+            "the same train/validation/test rows, the same tasks and the same preprocessed features: our "
+            f"{len(bundle.preprocessor.numeric)} standardised numeric columns as its `DenseFeature`s, our "
+            f"{len(bundle.preprocessor.categorical)} categorical code columns as its `SparseFeature`s with our "
+            f"vocabulary sizes. Its layer choices (its census example): embeddings of {RECHUB_EMBED_DIM} "
+            "dimensions initialised N(0, 1e-4), Linear-BatchNorm-ReLU layers, SharedBottom bottom [117], MMOE 8 "
+            "experts [16], PLE 1 level with 2 task-specific + 1 shared expert [16], towers [8]. Same optimiser "
+            f"(Adam, lr {LR:g}, weight decay {args.rechub_weight_decay:g}), batch size {BATCH}, epochs and "
+            f"patience ({args.patience}); its early stopping watches validation income AUC (ours: validation "
+            "loss); the best epoch's weights are restored for both. Its loss is the mean of the task losses "
+            "(ours with equal: the sum; with Adam the scale hardly matters). Its s/epoch is its "
+            "`train_one_epoch`, which includes its per-row `DataLoader`: one pass over that loader alone takes "
+            f"{rechub['loader_s']:.2f} s. Metrics of its predictions are computed by our metric code, Δm against "
+            "our Independent + equal.",
+            "",
+            "| architecture | run | " + " | ".join(f"{t} AUC" for t in TASKS) + " | Δm % | parameters | s/epoch "
+            "| epochs | infer ms, all | our s/epoch ÷ its (target ≤ 0.6) |",
+            "|---|---|" + "---:|" * (len(TASKS) + 6),
+        ]
+        by = groups(runs)
+        for arch, (_, ours) in RECHUB_ARCHS.items():
+            theirs = by.get(("torch-rechub", arch, "its mean of losses"))
+            if not theirs:
+                continue
+            their_s = med(r["s_per_epoch"] for r in theirs)
+            candidates = [(f"torch-rechub {arch}", theirs, None),
+                          (f"ours: {ours}, equal (sizes above)", by.get(("multitask", ours, "equal")), their_s),
+                          (f"ours: {ours}, equal, torch-rechub's sizes", by.get(("multitask", f"{ours}@rechub-sizes",
+                                                                                  "equal")), their_s)]
+            for name, group, ref in candidates:
+                if not group:
+                    if name.startswith("ours"):
+                        lines.append(f"| {arch} | {name} | " + " | ".join("—" for _ in TASKS)
+                                     + f" | — | — | — | — | — | not run ({ours} is not in MODELS or was not chosen) |")
+                    continue
+                dms = [delta_m(r["test"], baseline) for r in group]
+                s = med(r["s_per_epoch"] for r in group)
+                lines.append(
+                    f"| {arch} | {name} | " + " | ".join(fmt([r["test"][t]["auc"] for r in group]) for t in TASKS)
+                    + f" | {fmt(dms, 2)} | {group[0]['parameters']:,} | {s:.2f} | "
+                    f"{statistics.mean(r['epochs'] for r in group):.1f} | {med(r['infer_ms_all'] for r in group):.1f} | "
+                    + (f"{s / ref:.2f}" if ref else "—") + " |")
+        adjusted = []
+        for arch, (_, ours) in RECHUB_ARCHS.items():
+            theirs = by.get(("torch-rechub", arch, "its mean of losses"))
+            if not theirs:
+                continue
+            compute = med(r["s_per_epoch"] for r in theirs) - rechub["loader_s"]
+            mine = [(what, by.get(("multitask", label, "equal"))) for what, label in
+                    (("ours", ours), ("ours at its sizes", f"{ours}@rechub-sizes"))]
+            ratios = ", ".join(f"{what} ÷ it: {med(r['s_per_epoch'] for r in g) / compute:.2f}" for what, g in mine if g)
+            adjusted.append((f"{arch} {compute:.2f} s" + (f" ({ratios})" if ratios else "")) if compute > 0
+                            else f"{arch}: its loader pass is longer than its epoch (timing noise)")
+        if adjusted:
+            lines += ["", "Without its input pipeline (its s/epoch minus one pass over its training DataLoader), "
+                      "torch-rechub's s/epoch would be: " + "; ".join(adjusted) + "."]
+        lines += ["", "Target of issue 10 (our best configuration ≥ torch-rechub's best, per task; best = highest "
+                  "mean test AUC over seeds, read off the test split for both sides alike):", ""]
+        for t in TASKS[:2]:
+            best = {}
+            for (lib, label, balancer), group in by.items():
+                auc = statistics.mean(r["test"][t]["auc"] for r in group)
+                if auc > best.get(lib, (-1.0, ""))[0]:
+                    best[lib] = (auc, label if lib == "torch-rechub" else f"{label} + {balancer}")
+            if "torch-rechub" in best and "multitask" in best:
+                (ours, o_name), (theirs, t_name) = best["multitask"], best["torch-rechub"]
+                lines.append(f"- {t} AUC: ours {ours:.4f} ({o_name}) vs torch-rechub {theirs:.4f} ({t_name}): "
+                             f"{'met' if ours >= theirs else 'not met'} ({ours - theirs:+.4f})")
+    lines += ["", "## Notes", ""]
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--families", nargs="+", default=None, help="default: every name in MODELS at run time")
+    ap.add_argument("--balancers", nargs="+", default=DEFAULT_BALANCERS, choices=list(BALANCERS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--limit", type=int, default=None, help="rows read from each file (trial runs)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--repeats", type=int, default=9, help="timed inference calls per measurement")
+    ap.add_argument("--options", type=json.loads, default={},
+                    help='JSON {family: {option: value}} over the built-in per-family census options')
+    ap.add_argument("--rechub", choices=["auto", "off"], default="auto",
+                    help="auto: run torch-rechub beside ours when it is importable")
+    ap.add_argument("--rechub-models", nargs="+", default=list(RECHUB_ARCHS), choices=list(RECHUB_ARCHS))
+    ap.add_argument("--no-rechub-sizes", action="store_true",
+                    help="skip our families at torch-rechub's layer sizes")
+    ap.add_argument("--rechub-weight-decay", type=float, default=0.0)
+    ap.add_argument("--name", default="architectures", help="output file stem")
+    ap.add_argument("--out", default=None, help="folder for <name>.md and <name>.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    wall = time.perf_counter()
+    chosen = families(args.families)
+    runs_of = list(dict.fromkeys(["independent"] + chosen))  # the Δm baseline is always trained
+    notes: list[str] = []
+    skipped: dict[str, str] = {}
+    plan: dict[str, dict] = {}
+    for family in runs_of:
+        try:
+            opts, dropped = options_for(family, TASKS, args.options)
+        except ValueError as e:
+            skipped[family] = str(e)
+            continue
+        notes += dropped
+        why = check_family(family, opts, args)
+        if why:
+            skipped[family] = why
+            print(f"skip {family}: {why}", flush=True)
+        else:
+            plan[family] = opts
+    if "independent" not in plan:
+        raise SystemExit(f"the Independent baseline cannot run: {skipped.get('independent')}")
+    bundle = load_census_income(limit=args.limit, seed=0, tasks=TASKS)
+    x10k = batch_of(bundle.test.inputs, INFER_ROWS)
+    runs: list[dict] = []
+    failures: list[tuple[str, str]] = []
+
+    def attempt(what: str, fn) -> None:
+        try:
+            r = fn()
+        except Exception as e:  # a family that fails mid-run is reported, the benchmark goes on
+            failures.append((what, f"{type(e).__name__}: {' '.join(str(e).split())}"))
+            print(f"FAILED {what}:\n{traceback.format_exc()}", flush=True)
+            return
+        runs.append(r)
+        print(f"seed {r['seed']} {r['label']:<26} {r['balancer']:<18} "
+              + " ".join(f"{t} {r['test'][t]['auc']:.4f}" for t in TASKS)
+              + f"  {r['s_per_epoch']:.2f} s/epoch x {r['epochs']}", flush=True)
+
+    for seed in args.seeds:
+        for family, opts in plan.items():
+            chosen_here = family in chosen
+            for balancer in (args.balancers if chosen_here else ["equal"]):
+                attempt(f"{family} / {balancer} / seed {seed}",
+                        lambda: run_ours(bundle, family, family, opts, balancer, seed, args, x10k))
+
+    rechub: dict[str, Any] = {}
+    version = rechub_version() if args.rechub == "auto" else None
+    if args.rechub == "off":
+        rechub["why"] = "--rechub off"
+    elif version is None:
+        rechub["why"] = "`import torch_rechub` fails with this interpreter"
+    else:
+        rechub["version"] = version
+        features, cat, num = rechub_features(bundle)
+        torch.manual_seed(0)
+        loaders = rechub_loaders(bundle, cat, num)
+        rechub["loader_s"] = loader_seconds(loaders[0])
+        xr = {c: torch.as_tensor(v) for c, v in rechub_arrays(bundle.test, cat, num)[0].items()}
+        x10k_rechub = batch_of(xr, INFER_ROWS)
+        sized: dict[str, dict] = {}
+        if not args.no_rechub_sizes:
+            for arch in args.rechub_models:
+                ours = RECHUB_ARCHS[arch][1]
+                if ours not in plan:
+                    notes.append(f"our {ours} at torch-rechub's sizes: not run ({ours} is "
+                                 f"{'skipped' if ours in skipped else 'not in MODELS / not chosen'})")
+                    continue
+                opts, dropped = accepted_options(ours, {**RECHUB_LIKE, **RECHUB_SIZED[ours]})
+                notes += [f"{d} (at torch-rechub's sizes)" for d in dropped]
+                why = check_family(ours, opts, args)
+                if why:
+                    notes.append(f"our {ours} at torch-rechub's sizes: not run: {why}")
+                else:
+                    sized[ours] = opts
+        for seed in args.seeds:
+            for arch in args.rechub_models:
+                attempt(f"torch-rechub {arch} / seed {seed}",
+                        lambda: run_rechub(bundle, arch, seed, args, loaders, features, x10k_rechub))
+            for ours, opts in sized.items():
+                attempt(f"{ours} at torch-rechub's sizes / seed {seed}",
+                        lambda: run_ours(bundle, ours, f"{ours}@rechub-sizes", opts, "equal", seed, args, x10k))
+
+    base_runs = [r for r in runs if r["library"] == "multitask" and r["label"] == "independent"
+                 and r["balancer"] == "equal"]
+    if not base_runs:
+        raise SystemExit("no Independent + equal run finished: no Δm baseline")
+    baseline = mean_metrics(base_runs)
+    notes += [
+        "Inference latency is for a batch of 10,000 test rows (the first ones, repeated when --limit leaves fewer) "
+        "on weights after training; a family that cannot skip work (`skips_work = False`) computes every "
+        "task's path even for `tasks=[income]`.",
+        "Gradient method: MGDA (Sener & Koltun 2018) in parameters mode. It is the canonical gradient method, and "
+        "parameters mode is the one mode every family supports (features mode is refused where no representation "
+        "is read by all tasks), so every family is balanced the same way; it costs one backward pass per task "
+        "per step, which its s/epoch shows. Independent + MGDA equals Independent + equal up to noise (no shared "
+        "parameters to balance).",
+        "No option was tuned on the test split: the sizes are fixed in benchmarks/arch_common.py "
+        "(FAMILY_OPTIONS; families without an entry use their builder defaults) and early stopping reads the "
+        "validation split only.",
+        f"Total wall time of this run: {(time.perf_counter() - wall) / 60:.1f} min.",
+    ]
+    if args.limit:
+        notes.append(f"--limit {args.limit}: a trial run on a few rows; its numbers say nothing about the methods.")
+    text = report(args, bundle, runs, baseline, skipped, failures, notes, rechub)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{args.name}.json").write_text(json.dumps(
+            {"command": sys.argv, "runs": runs, "baseline_mean": baseline, "skipped": skipped,
+             "failures": failures, "rechub": rechub, "notes": notes}, indent=2))
+        md = out / f"{args.name}.md"
+        exe = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else "python"
+        head = (f"# Architectures on census-income ({args.name})\n\nCommand: `{exe} "
+                f"benchmarks/architectures.py" + "".join(f" {a}" for a in sys.argv[1:]) + "`\n\n")
+        md.write_text(head + text + "\n" + kept_notes(md))
+
+
+if __name__ == "__main__":
+    main()
