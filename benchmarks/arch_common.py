@@ -24,6 +24,20 @@ FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
     "hard_sharing": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
     "mmoe": {"n_experts": 8, "expert_hidden": [64], "tower_hidden": [32], "embedding_dim": 8},
     "branched": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8, "branches": "split-after-first"},
+    # 8 experts in all, as MMoE: 2 shared + 2 per task for 3 tasks
+    "cgc": {"n_shared_experts": 2, "n_task_experts": 2, "expert_hidden": [64], "tower_hidden": [32], "embedding_dim": 8},
+    "ple": {"n_levels": 2, "n_shared_experts": 2, "n_task_experts": 2, "expert_hidden": [64], "tower_hidden": [32],
+            "embedding_dim": 8},
+    "cross_stitch": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
+    "sluice": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
+    "param_distance": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
+    "task_conditioned": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
+    "mtan": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8, "attention_reduction": 4},
+    "modulation": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
+    "task_norm": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
+    "cascade": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
+    "esmm": {"hidden": [128, 64], "embedding_dim": 8},
+    "aitm": {"hidden": [128, 64], "embedding_dim": 8},
 }
 
 

@@ -387,7 +387,12 @@ def main() -> None:
     ap.add_argument("--rechub-weight-decay", type=float, default=0.0)
     ap.add_argument("--name", default="architectures", help="output file stem")
     ap.add_argument("--out", default=None, help="folder for <name>.md and <name>.json")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="write one report from the .json files of runs made in parallel (e.g. one process per "
+                         "group of families, --rechub off in all but one); trains nothing")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     wall = time.perf_counter()
@@ -493,14 +498,58 @@ def main() -> None:
     ]
     if args.limit:
         notes.append(f"--limit {args.limit}: a trial run on a few rows; its numbers say nothing about the methods.")
-    text = report(args, bundle, runs, baseline, skipped, failures, notes, rechub)
+    rows = [len(bundle.train), len(bundle.val), len(bundle.test)]
+    write(args, {"command": sys.argv, "runs": runs, "baseline_mean": baseline, "skipped": skipped,
+                 "failures": failures, "rechub": rechub, "notes": notes, "rows": rows,
+                 "settings": {"seeds": args.seeds, "epochs": args.epochs, "patience": args.patience,
+                              "limit": args.limit, "repeats": args.repeats, "threads": args.threads}})
+
+
+def merge(args) -> None:
+    """One report from the JSON of runs made in parallel: runs concatenated, notes and skips joined, the
+    torch-rechub section from the part that ran it."""
+    parts = [json.loads(Path(p).read_text()) for p in args.merge]
+    def same(p: dict) -> dict:
+        return {k: v for k, v in p["settings"].items() if k != "seeds"}
+
+    if any(same(p) != same(parts[0]) or p["rows"] != parts[0]["rows"] for p in parts):
+        raise SystemExit("--merge: the parts were run with different settings or data; they cannot share a table")
+    settings = {**parts[0]["settings"], "seeds": sorted({s for p in parts for s in p["settings"]["seeds"]})}
+    for k, v in settings.items():
+        setattr(args, k, v)
+    if args.threads:  # the machine line reports the threads the parts ran with
+        torch.set_num_threads(args.threads)
+    runs, seen = [], set()
+    for r in (r for p in parts for r in p["runs"]):  # each part trains its own Independent baseline: keep one
+        key = (r["library"], r["label"], r["balancer"], r["seed"])
+        if key not in seen:
+            seen.add(key)
+            runs.append(r)
+    base_runs = [r for r in runs if r["library"] == "multitask" and r["label"] == "independent"
+                 and r["balancer"] == "equal"]
+    rechub = next((p["rechub"] for p in parts if "version" in p["rechub"]), parts[0]["rechub"])
+    notes = list(dict.fromkeys(n for p in parts for n in p["notes"] if not n.startswith("Total wall time")))
+    notes.append("Run as parallel processes (--threads 1 each), merged with --merge: "
+                 + "; ".join(" ".join(p["command"][1:]) for p in parts))
+    write(args, {"command": sys.argv, "runs": runs, "baseline_mean": mean_metrics(base_runs),
+                 "skipped": {k: v for p in parts for k, v in p["skipped"].items()},
+                 "failures": [f for p in parts for f in p["failures"]], "rechub": rechub, "notes": notes,
+                 "rows": parts[0]["rows"], "settings": settings})
+
+
+def write(args, result: dict) -> None:
+    """Print the report; with --out write <name>.md (keeping its hand-written notes) and <name>.json."""
+    from types import SimpleNamespace
+
+    n_train, n_val, n_test = result["rows"]
+    bundle = SimpleNamespace(train=range(n_train), val=range(n_val), test=range(n_test))
+    text = report(args, bundle, result["runs"], result["baseline_mean"], result["skipped"], result["failures"],
+                  result["notes"], result["rechub"])
     print(text)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{args.name}.json").write_text(json.dumps(
-            {"command": sys.argv, "runs": runs, "baseline_mean": baseline, "skipped": skipped,
-             "failures": failures, "rechub": rechub, "notes": notes}, indent=2))
+        (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
         md = out / f"{args.name}.md"
         exe = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else "python"
         head = (f"# Architectures on census-income ({args.name})\n\nCommand: `{exe} "
