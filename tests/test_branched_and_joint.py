@@ -135,3 +135,64 @@ def test_branches_in_a_config_are_checked_before_any_work(no_work):
     validate({**base, "model": {**base["model"], "branches": [NAMES, [["income", "education"], ["marital"]]]}})
     with pytest.raises(ConfigError, match=r"model: branches\[1\]: unknown task\(s\) \['nope'\]"):
         validate({**base, "model": {**base["model"], "branches": [NAMES, [["income", "nope"], ["marital"]]]}})
+
+
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "nash_mtl"])
+def test_joint_path_with_cached_weights_equals_the_representation_path_over_steps(name):
+    """every=2: on the steps that reuse the weights the joint path takes one combined backward, no J."""
+    tasks, data = synthetic(64)
+    finals = []
+    for cls in (HardSharing, WholeModel):
+        torch.manual_seed(0)
+        model = cls.tabular(tasks, InputSchema(8), hidden=(16,), head_hidden=(8,))
+        trainer = Trainer(model, tasks, BALANCERS[name](tasks, every=2),
+                          TrainerConfig(epochs=1, batch_size=64, optimizer="sgd", lr=0.05, progress=False))
+        for step in range(4):
+            targets = dict(data.targets)
+            if step == 2:  # a task without labels forces a fresh solve
+                targets["reg"] = torch.full_like(targets["reg"], float("nan"))
+            trainer.train_step(data.inputs, targets)
+        finals.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*finals):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+
+
+class Penalised(HardSharing):
+    """A penalty on the shared trunk (a user's weight decay on it, as a task's own loss term)."""
+
+    def penalties(self, tasks):
+        return {t: 0.5 * sum((p ** 2).sum() for p in self.trunk.parameters()) for t in tasks if t == "reg"}
+
+
+def test_a_penalty_on_shared_parameters_reaches_them_with_gradient_balancing_and_absent_tasks_drop_theirs():
+    tasks, data = synthetic(64)
+    by = {t.name: t for t in tasks}
+
+    def grads(balancer, present=None):
+        torch.manual_seed(0)
+        model = Penalised.tabular(tasks, InputSchema(8), hidden=(16,), head_hidden=(8,))
+        autograd.backward(model, balancer, data.inputs, lambda t, out: by[t].loss(out, data.targets[t]), present)
+        return model
+
+    # MGDA's direction on the shared parameters combines the task gradients *with* reg's penalty in reg's row
+    m = BALANCERS["mgda"](tasks)
+    model = grads(m)
+    w = m.weights()
+    torch.manual_seed(0)
+    ref = Penalised.tabular(tasks, InputSchema(8), hidden=(16,), head_hidden=(8,))
+    out = ref(data.inputs)
+    total = sum(w[t.name] * t.loss(out[t.name], data.targets[t.name]) for t in tasks)
+    total = total + w["reg"] * 0.5 * sum((p ** 2).sum() for p in ref.trunk.parameters())
+    total.backward()
+    for a, b in zip(model.shared_parameters(), ref.shared_parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+    # reg without labels: no loss, no penalty, under a loss balancer as under a gradient one
+    absent = {"reg": False, "bin": True, "cls": True}
+    for balancer in (BALANCERS["equal"](tasks), BALANCERS["mgda"](tasks)):
+        with_absent = grads(balancer, absent)
+        torch.manual_seed(0)
+        plain = HardSharing.tabular(tasks, InputSchema(8), hidden=(16,), head_hidden=(8,))
+        autograd.backward(plain, type(balancer)(tasks), data.inputs, lambda t, out: by[t].loss(out, data.targets[t]),
+                          absent)
+        for a, b in zip(with_absent.shared_parameters(), plain.shared_parameters()):
+            assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7)

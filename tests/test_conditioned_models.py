@@ -480,3 +480,14 @@ def test_config_options_are_validated():
     ]:
         with pytest.raises(ConfigError, match=field):
             config.validate({**base, "model": model, "balancer": balancer})
+
+
+def test_task_batch_norm_takes_a_one_row_training_batch():
+    from multitask import InputSchema, TaskNorm
+    from multitask import Task as _Task
+
+    tasks = [_Task("a", "binary"), _Task("b", "regression")]
+    model = TaskNorm.tabular(tasks, InputSchema(3), hidden=(4,), head_hidden=(), norm="batch")
+    model.train()
+    out = model(torch.randn(1, 3))
+    assert all(torch.isfinite(v).all() for v in out.values())

@@ -105,3 +105,30 @@ def test_a_table_run_with_per_task_inputs_trains_predicts_and_names_bad_columns(
     err = capsys.readouterr().err
     assert "tasks.sex.inputs: unknown input column(s) ['flipper']" in err and "Traceback" not in err
     assert not (tmp_path / "run2" / "checkpoints").exists()
+
+
+def test_indicators_go_with_their_column_and_config_checks_what_needs_no_names(no_work):
+    names = ("age", "age__missing", "hours", "sex")
+    seen = visible_columns(names, {"a": ["age"]}, {"b": ["hours"]}, ["a", "b", "c"])
+    assert seen["a"] == ("age", "age__missing")
+    seen = visible_columns(names, {}, {"a": ["age"]}, ["a", "b"])
+    assert seen["b"] == ("hours", "sex")  # age's indicator is private to a, as age is
+    base = {"data": {"name": "census-income"}}
+    with pytest.raises(ConfigError, match="tasks.income.inputs"):
+        validate({**base, "tasks": {"income": {"inputs": []}, "marital": {}}})
+    with pytest.raises(ConfigError, match="column 'age' is already private to task 'income'"):
+        validate({**base, "tasks": {"income": {"private_inputs": ["age"]}, "marital": {"private_inputs": ["age"]}}})
+
+
+def test_penalties_of_a_wrapped_model_come_from_each_groups_own_forward():
+    from multitask import Sluice
+
+    torch.manual_seed(0)
+    inner = Sluice.tabular(TASKS, SCHEMA, hidden=(8,), head_hidden=(4,), orthogonality=0.1)
+    model = TaskInputs(inner, SCHEMA, visible_columns(NAMES, {"a": ["age", "sex"]}, {}, ["a", "b", "c"]))
+    x = _inputs()
+    model(x)
+    terms = model.penalties(["a", "b", "c"])
+    assert set(terms) == {"a", "b", "c"}
+    inner(model._masked(x, 0), tasks=["a"])  # a's own forward, on the columns a sees
+    assert torch.allclose(terms["a"], inner.penalties(["a"])["a"])

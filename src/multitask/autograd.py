@@ -40,29 +40,38 @@ def backward(model: MultiTaskModel, balancer: Balancer, inputs: Any, loss_of: Lo
     """Run one step's forward and write `.grad`; returns the per-task losses (with their graphs freed)."""
     tasks = balancer.task_names
     present = present if present is not None else {t: True for t in tasks}
-    loss_of = _with_penalties(loss_of, model, tasks)  # a model's own loss terms join their task's loss
+    loss_of = _with_penalties(loss_of, model, tasks, present)  # a model's own loss terms join their task's loss
     if isinstance(balancer, LossBalancer):
         outputs = model(inputs)
         losses = {t: loss_of(t, outputs[t]) for t in tasks}
         balancer.combine(losses, present).backward()
         return losses
     if isinstance(balancer, GradientBalancer):
-        if not model.shares_representation:
+        # a penalty may reach the shared parameters directly, which the representation path would not see
+        if not model.shares_representation or (balancer.mode == "parameters" and _has_penalties(model)):
             return _joint_step(model, balancer, inputs, loss_of, present)
         return _gradient_step(model, balancer, inputs, loss_of, present)
     raise TypeError(f"{type(balancer).__name__} requires {balancer.requires!r}, which this engine does not provide")
 
 
-def _with_penalties(loss_of: LossOf, model: MultiTaskModel, tasks: list[str]) -> LossOf:
-    """`loss_of` plus the model's `penalties`, asked for once, at the first loss: after this step's forward,
-    so a penalty may come from the activations that forward computed (Sluice's subspace orthogonality)."""
+def _has_penalties(model: MultiTaskModel) -> bool:
+    return type(model).penalties is not MultiTaskModel.penalties
+
+
+def _with_penalties(loss_of: LossOf, model: MultiTaskModel, tasks: list[str],
+                    present: Mapping[str, bool]) -> LossOf:
+    """`loss_of` plus the model's `penalties` for the tasks with labels in this batch (as their losses, a task
+    without labels contributes nothing), asked for once, at the first loss: after this step's forward, so a
+    penalty may come from the activations that forward computed (Sluice's subspace orthogonality)."""
+    if not _has_penalties(model):
+        return loss_of
     penalties: list[Mapping[str, Tensor]] = []
 
     def with_penalty(t: str, output: Tensor) -> Tensor:
         loss = loss_of(t, output)
         if not penalties:
-            penalties.append(model.penalties(tasks))
-        return loss + penalties[0][t].to(loss.dtype) if t in penalties[0] else loss
+            penalties.append(model.penalties([u for u in tasks if present[u]]))
+        return loss + penalties[0][t].to(loss.dtype) if present[t] and t in penalties[0] else loss
     return with_penalty
 
 
@@ -86,9 +95,24 @@ def _joint_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: Any, 
         scales = balancer.head_weights(loss_values, index)
         head_params, shared = _parameter_lists(model, balancer)
         live = [i for i, t in enumerate(active) if losses[t].requires_grad]
-        J = _workspace(balancer, "J", (len(active), sum(p.numel() for p in shared)), shared[0]) if shared else None
-        if J is not None:
-            J.zero_()
+        if not shared or not live:
+            _head_gradients(losses, active, live, head_params, scales)
+            balancer._record([1.0] * len(active), index)
+            return {t: l.detach() for t, l in losses.items()}
+        recompute = balancer.recompute_now(index)
+        balancer.steps.add_(1)
+        if isinstance(balancer, GramianBalancer) and not recompute:
+            # the cached weights: one backward of sum_i w_i L_i into the shared parameters, no J, no solver
+            w = balancer.cached_weights[torch.as_tensor(index, device=balancer.cached_weights.device)]
+            balancer._record(w.tolist(), index)
+            combined = sum(w[i].to(losses[active[i]].dtype) * losses[active[i]] for i in live)
+            for p, g in zip(shared, torch.autograd.grad(combined, shared, retain_graph=True, allow_unused=True)):
+                if g is not None:
+                    _accumulate(p, g, fresh=True)
+            _head_gradients(losses, active, live, head_params, scales)
+            return {t: l.detach() for t, l in losses.items()}
+        J = _workspace(balancer, "J", (len(active), sum(p.numel() for p in shared)), shared[0])
+        J.zero_()
         wrt = shared + head_params
         for k, i in enumerate(live):
             grads = torch.autograd.grad(losses[active[i]], wrt, retain_graph=k < len(live) - 1, allow_unused=True)
@@ -101,23 +125,26 @@ def _joint_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: Any, 
                 if g is not None:
                     _accumulate(p, g if scales is None else g * scales[i].detach().to(g.dtype))
         losses = {t: l.detach() for t, l in losses.items()}
-        if J is None:
-            balancer._record([1.0] * len(active), index)
-            return losses
-        recompute = balancer.recompute_now(index)
-        balancer.steps.add_(1)
         if isinstance(balancer, GramianBalancer):
-            if recompute:
-                w = _solve(balancer, _stricter(balancer, _gram(J), lambda: _exact_gram(J)), loss_values, index)
-            else:
-                w = balancer.cached_weights[torch.as_tensor(index, device=balancer.cached_weights.device)]
-                balancer._record(w.tolist(), index)
+            w = _solve(balancer, _stricter(balancer, _gram(J), lambda: _exact_gram(J)), loss_values, index)
             d = w.to(J.dtype) @ J
         else:
             d = _aggregate(balancer, J, loss_values, index)
         for p, g in zip(shared, _split(d, shared)):
             _accumulate(p, g)
         return losses
+
+
+def _head_gradients(losses: Mapping[str, Tensor], active: list[str], live: list[int], head_params: list,
+                    scales: Tensor | None) -> None:
+    """Task and group parameters: the sum of their tasks' (head-weighted) gradients, one backward."""
+    if not live or not head_params:
+        return
+    total = sum((losses[active[i]] if scales is None else scales[i].detach().to(losses[active[i]].dtype)
+                 * losses[active[i]]) for i in live)
+    for p, g in zip(head_params, torch.autograd.grad(total, head_params, allow_unused=True)):
+        if g is not None:
+            _accumulate(p, g, fresh=True)
 
 
 def _as_parts(rep: Any) -> tuple[Tensor, ...]:

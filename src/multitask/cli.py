@@ -197,8 +197,11 @@ def _methods(args: argparse.Namespace) -> int:
     for name, cls in BALANCERS.items():
         print(f"  {name:<12} {cls.requires:<9} {one_line(cls.__doc__)}")
     print("models:")
-    for name, cls in MODELS.items():  # a model's module docstring says what the architecture is
-        print(f"  {name:<12} {one_line(sys.modules[cls.__module__].__doc__)}")
+    shared_module = {m for m in (c.__module__ for c in MODELS.values())
+                     if sum(c.__module__ == m for c in MODELS.values()) > 1}
+    for name, cls in MODELS.items():  # the module's docstring says what the family is (the class's, where a
+        doc = cls.__doc__ if cls.__module__ in shared_module else sys.modules[cls.__module__].__doc__  # module has two)
+        print(f"  {name:<16} {one_line(doc)}")
     return 0
 
 

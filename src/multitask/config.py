@@ -95,8 +95,8 @@ class DataConfig(_Strict):
 class TaskConfig(_Strict):
     importance: Num = Field(1.0, ge=0)
     metrics: Optional[list[str]] = None
-    inputs: Optional[list[str]] = Field(None, description="table: the only input columns this task reads")
-    private_inputs: Optional[list[str]] = Field(None, description="table: input columns no other task reads")
+    inputs: Optional[list[str]] = Field(None, min_length=1, description="table: the only input columns this task reads")
+    private_inputs: Optional[list[str]] = Field(None, min_length=1, description="table: input columns no other task reads")
     after: Optional[str] = Field(None, description="the task this one follows in a funnel (ESMM, AITM)")
 
 
@@ -516,13 +516,18 @@ def _try_build(cfg: RunConfig, tasks: list) -> None:
         reason = _reason(e)
         prefix = "" if reason.lower().startswith(cfg.balancer.name.replace("_", "")) else f"{cfg.balancer.name}: "
         raise ConfigError(f"balancer: {prefix}{reason}") from None
-    from multitask.models import MODELS
     refusal = MODELS[cfg.model.name].feature_mode_error()
     if has_task_inputs(cfg):
         from multitask.models.task_inputs import TaskInputs
 
         if input_kind(cfg) != "table":
             raise ConfigError("tasks: inputs / private_inputs name table columns; these inputs are images")
+        owner: dict[str, str] = {}  # what needs no column names is checked now, the names once data is read
+        for t, tc in (cfg.tasks or {}).items():
+            for c in tc.private_inputs or ():
+                if owner.setdefault(c, t) != t:
+                    raise ConfigError(f"tasks.{t}.private_inputs: column {c!r} is already private to task "
+                                      f"{owner[c]!r}")
         refusal = refusal or TaskInputs.feature_mode_error()
     if getattr(balancer, "mode", None) == "features" and refusal:
         raise ConfigError(f"balancer.mode: {refusal} (model {cfg.model.name!r})")

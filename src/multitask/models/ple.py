@@ -60,7 +60,9 @@ class Level(nn.Module):
 
 
 class PLE(MultiTaskModel):
-    """`n_levels` extraction levels of experts built from `blocks` (layers ``shared_layers..`` of it; layers
+    """Progressive Layered Extraction (Tang et al., RecSys 2020): levels of task-specific and shared experts.
+
+    `n_levels` extraction levels of experts built from `blocks` (layers ``shared_layers..`` of it; layers
     before that and its encoder form a shared bottom), then one tower (an MLP of `tower_hidden`) per task.
 
     Gates read the bottom's output flattened (`in_dim` features; default: the width `blocks` gives after
@@ -193,7 +195,9 @@ class PLE(MultiTaskModel):
 
 
 class CGC(PLE):
-    """PLE with one level: per task its own experts and a gate over them and the shared experts; no shared
+    """Customized Gate Control (Tang et al., RecSys 2020): PLE with one level.
+
+    Per task its own experts and a gate over them and the shared experts; no shared
     gate. Everything but the encoder (and shared bottom) and the shared experts is a task's own."""
 
     def __init__(self, tasks: Sequence[Task], blocks: Blocks, n_shared_experts: int = 2, n_task_experts: int = 2,

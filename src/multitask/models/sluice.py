@@ -149,10 +149,12 @@ class Sluice(StitchedColumns):
 
     def penalties(self, tasks: Sequence[str]) -> dict[str, Tensor]:
         """Per asked task its column's orthogonality term from the latest training forward (the engine asks
-        after the step's forward); empty when orthogonality is 0 or no such forward computed the task."""
+        once, after the step's forward; the terms are handed over, not kept); empty when orthogonality is 0 or
+        no such forward computed the task."""
         if not self.orthogonality or not self.stitched or self._terms is None:
             return {}
-        return {t: self._terms[t] for t in tasks if t in self._terms}
+        terms, self._terms = self._terms, None  # read once: the step's graph is not kept past the step
+        return {t: terms[t] for t in tasks if t in terms}
 
     # -- layer mixing
     def _keeps_layer_outputs(self) -> bool:

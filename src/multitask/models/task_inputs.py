@@ -2,11 +2,12 @@
 ("if two tasks are very sensitive to certain features, it makes sense for them to use only those features").
 
 `TaskInputs` wraps any family on table inputs. Each task sees its visible columns; every other column is
-replaced by its neutral value before the model reads it: 0 for a (standardised) numeric column or a missing
-indicator, which is the training mean, and category index 0 ("unknown") for a categorical one. So task t's
-output provably does not depend on a column it may not see. Tasks that see the same columns share one forward
-pass of the wrapped model; tasks that see different columns cannot share a representation, so the wrapped
-model is balanced in parameters mode (features mode is refused).
+replaced by its neutral value before the model reads it: 0 for a standardised numeric column (the training
+mean), 0 ("not missing") for a missing indicator, which always goes with its column, and category index 0
+("unknown") for a categorical one. So task t's output provably does not depend on a column it may not see.
+Tasks that see the same columns share one forward pass of the wrapped model; tasks that see different columns
+cannot share a representation, so the wrapped model is balanced in parameters mode (features mode is refused).
+A BatchNorm in the wrapped model updates its running statistics once per column group and step.
 """
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.layers import InputSchema
 
+INDICATOR = "__missing"  # the suffix of a missing-value indicator column (data.preprocessing.INDICATOR)
+
 
 def visible_columns(names: Sequence[str], inputs: Mapping[str, Sequence[str] | None],
                     private: Mapping[str, Sequence[str] | None], tasks: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """Per task, the columns it reads: its `inputs` (all when None) minus the columns other tasks keep
-    `private`. Errors name the task and the column."""
+    `private`. A column's missing indicator (``<column>__missing``) goes with its column. Errors name the task
+    and the column."""
     known = set(names)
     for what, spec in (("inputs", inputs), ("private_inputs", private)):
         for t, cols in spec.items():
@@ -34,6 +38,11 @@ def visible_columns(names: Sequence[str], inputs: Mapping[str, Sequence[str] | N
             if unknown:
                 raise ValueError(f"tasks.{t}.{what}: unknown input column(s) {unknown}; the inputs are "
                                  f"{', '.join(names)}")
+    def with_indicators(cols: Sequence[str] | None) -> Sequence[str] | None:
+        return None if cols is None else [x for c in cols for x in (c, c + INDICATOR) if x in known]
+
+    inputs = {t: with_indicators(c) for t, c in inputs.items()}
+    private = {t: with_indicators(c) for t, c in private.items()}
     owner: dict[str, str] = {}
     for t, cols in private.items():
         for c in cols or ():
@@ -73,7 +82,6 @@ class TaskInputs(MultiTaskModel):
             keep = torch.tensor([c in cols for c in names])
             self.register_buffer(f"num_keep{k}", keep[:n_num].float(), persistent=False)
             self.register_buffer(f"cat_keep{k}", keep[n_num:].long(), persistent=False)
-        self.visible = {t: tuple(visible.get(t, names)) for t in self.task_names}
 
     def _masked(self, inputs: Inputs, k: int) -> Inputs:
         if isinstance(inputs, Tensor):
@@ -88,10 +96,13 @@ class TaskInputs(MultiTaskModel):
     def forward(self, inputs: Inputs, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
         tasks = self._check_tasks(tasks)
         out: dict[str, Tensor] = {}
+        self._penalties = {}
         for k, group in enumerate(self.groups):
             asked = [t for t in group if t in tasks]
             if asked:
                 out.update(self.model(self._masked(inputs, k), tasks=asked))
+                # a penalty read from a forward's activations (Sluice, AITM) belongs to the forward its task saw
+                self._penalties.update(self.model.penalties(asked))
         return {t: out[t] for t in tasks}
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
@@ -104,7 +115,9 @@ class TaskInputs(MultiTaskModel):
         return self.model.group_parameters()
 
     def penalties(self, tasks: Sequence[str]) -> dict[str, Tensor]:
-        return self.model.penalties(tasks)
+        """The wrapped model's terms, each taken right after the forward of its task's column group."""
+        terms = getattr(self, "_penalties", {})
+        return {t: terms[t] for t in tasks if t in terms}
 
     @property
     def skips_work(self) -> bool:  # type: ignore[override]

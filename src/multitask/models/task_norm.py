@@ -31,6 +31,14 @@ class ChannelBatchNorm(_BatchNorm):
         if input.dim() < 2:
             raise ValueError(f"expected an input of at least 2 dims [N, C, ...], got {input.dim()}")
 
+    def forward(self, x: Tensor) -> Tensor:
+        # one value per channel (a last training batch of one row, no positions): the running statistics, as
+        # `layers.BatchNorm1d` does, instead of PyTorch's refusal
+        if self.training and x.numel() == x.shape[1] and self.track_running_stats:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                            False, 0.0, self.eps)
+        return super().forward(x)
+
 
 def make_norm(kind: str, width: int) -> nn.Module:
     """'batch': `ChannelBatchNorm`; 'layer': each sample normalised over all its features (and positions),
@@ -44,7 +52,7 @@ class TaskNorm(MultiTaskModel):
     The normalisation follows each layer's output (after its activation and pooling, since a `Blocks` layer is
     one unit), so from the first layer on every activation is task-dependent while computed with shared
     weights: ``shares_representation = False`` (the encoded input is the only common representation, and the
-    shared layers lie after it). Batch normalisation needs more than one row per batch in training.
+    shared layers lie after it). A training batch of one row is normalised with the running statistics.
     """
 
     shares_representation = False
