@@ -269,16 +269,17 @@ def report(args, bundle, runs, baseline, skipped, failures, notes, rechub: dict)
         f"Inference: ms per {INFER_ROWS:,} test rows, eval mode, no grad, median of {args.repeats} calls, for "
         f"`tasks=[{TASKS[0]}]` and for all {len(TASKS)} tasks.",
         "",
-        "| family | balancer | " + " | ".join(f"{t} AUC" for t in TASKS) + " | Δm % | parameters | s/epoch | epochs"
-        " | infer ms, 1 task | infer ms, all |",
-        "|---|---|" + "---:|" * (len(TASKS) + 6),
+        "| family | balancer | seeds | " + " | ".join(f"{t} AUC" for t in TASKS) + " | Δm % | parameters | s/epoch "
+        "| epochs | infer ms, 1 task | infer ms, all |",
+        "|---|---|---:|" + "---:|" * (len(TASKS) + 6),
     ]
     for (lib, label, balancer), group in groups(runs).items():
         if lib != "multitask" or label.endswith("@rechub-sizes"):
             continue
         dms = [delta_m(r["test"], baseline) for r in group]
         lines.append(
-            f"| {label} | {balancer} | " + " | ".join(fmt([r["test"][t]["auc"] for r in group]) for t in TASKS)
+            f"| {label} | {balancer} | {len(group)} | "
+            + " | ".join(fmt([r["test"][t]["auc"] for r in group]) for t in TASKS)
             + f" | {fmt(dms, 2)} | {group[0]['parameters']:,} | {med(r['s_per_epoch'] for r in group):.2f} | "
             f"{statistics.mean(r['epochs'] for r in group):.1f} | {med(r['infer_ms_one'] for r in group):.1f} | "
             f"{med(r['infer_ms_all'] for r in group):.1f} |")
@@ -501,6 +502,7 @@ def main() -> None:
     rows = [len(bundle.train), len(bundle.val), len(bundle.test)]
     write(args, {"command": sys.argv, "runs": runs, "baseline_mean": baseline, "skipped": skipped,
                  "failures": failures, "rechub": rechub, "notes": notes, "rows": rows,
+                 "features": [len(bundle.preprocessor.numeric), len(bundle.preprocessor.categorical)],
                  "settings": {"seeds": args.seeds, "epochs": args.epochs, "patience": args.patience,
                               "limit": args.limit, "repeats": args.repeats, "threads": args.threads}})
 
@@ -542,7 +544,12 @@ def write(args, result: dict) -> None:
     from types import SimpleNamespace
 
     n_train, n_val, n_test = result["rows"]
-    bundle = SimpleNamespace(train=range(n_train), val=range(n_val), test=range(n_test))
+    if "features" not in result:  # (a part written before the counts were saved) read them off a few rows
+        pre = load_census_income(limit=200, seed=0, tasks=TASKS).preprocessor
+        result["features"] = [len(pre.numeric), len(pre.categorical)]
+    n_num, n_cat = result["features"]
+    bundle = SimpleNamespace(train=range(n_train), val=range(n_val), test=range(n_test),
+                             preprocessor=SimpleNamespace(numeric=range(n_num), categorical=range(n_cat)))
     text = report(args, bundle, result["runs"], result["baseline_mean"], result["skipped"], result["failures"],
                   result["notes"], result["rechub"])
     print(text)
