@@ -99,17 +99,19 @@ class Branched(MultiTaskModel):
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, branches: Sequence[Any] | None = None,
                 hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (64,), embedding_dim: int = 8,
                 embedding_std: float | None = None, embedding_width: str = "per_column",
-                dropout: float = 0.0) -> "Branched":
+                dropout: float = 0.0, batch_norm: bool = False) -> "Branched":
         """`branches` over the layers of `hidden` (MLP layers on categorical embeddings and numeric columns)."""
-        blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width)
+        blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
+                           batch_norm=batch_norm)
         return cls(tasks, blocks, branches, head_hidden, dropout)
 
     @classmethod
     def image(cls, tasks: Sequence[Task], spec: ImageSpec, branches: Sequence[Any] | None = None,
               conv_channels: Sequence[int] = (10, 20), kernel_size: int = 5, hidden: Sequence[int] = (50,),
-              head_hidden: Sequence[int] = (50,), dropout: float = 0.0) -> "Branched":
+              head_hidden: Sequence[int] = (50,), dropout: float = 0.0, batch_norm: bool = False) -> "Branched":
         """`branches` over the conv layers then the fully connected ones (len(conv_channels) + len(hidden))."""
-        return cls(tasks, ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout), branches, head_hidden,
+        return cls(tasks, ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout,
+                                     batch_norm), branches, head_hidden,
                    dropout)
 
     # ---------------------------------------------------------------------------------------------- structure

@@ -160,19 +160,22 @@ class CrossStitch(StitchedColumns):
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
                 head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
                 embedding_width: str = "per_column", dropout: float = 0.0, stitch_after: Sequence[int] | None = None,
-                init: Literal["identity", "misra"] = "misra", per_channel: bool = False) -> "CrossStitch":
+                init: Literal["identity", "misra"] = "misra", per_channel: bool = False,
+                batch_norm: bool = False) -> "CrossStitch":
         """Per task an embedding encoder and the MLP layers `hidden`, stitched after the layers `stitch_after`."""
-        blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width)
+        blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
+                           batch_norm=batch_norm)
         return cls(tasks, blocks, stitch_after, init, per_channel, head_hidden, dropout)
 
     @classmethod
     def image(cls, tasks: Sequence[Task], spec: ImageSpec, conv_channels: Sequence[int] = (10, 20),
               kernel_size: int = 5, hidden: Sequence[int] = (50,), head_hidden: Sequence[int] = (50,),
               dropout: float = 0.0, stitch_after: Sequence[int] | None = None,
-              init: Literal["identity", "misra"] = "misra", per_channel: bool = False) -> "CrossStitch":
+              init: Literal["identity", "misra"] = "misra", per_channel: bool = False,
+              batch_norm: bool = False) -> "CrossStitch":
         """Per task the LeNet-like conv and fully connected layers, stitched after the layers `stitch_after`
         (conv layers and fully connected ones are numbered together, convs first)."""
-        blocks = ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout)
+        blocks = ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout, batch_norm)
         return cls(tasks, blocks, stitch_after, init, per_channel, head_hidden, dropout)
 
     def _mix(self, i: int, h: dict[str, Tensor], rows: list[str]) -> dict[str, Tensor]:

@@ -73,18 +73,20 @@ class ParameterDistance(MultiTaskModel):
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
                 head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
                 embedding_width: str = "per_column", dropout: float = 0.0, penalty: Literal["l2", "trace"] = "l2",
-                strength: float = 0.01, layers: Sequence[int] | None = None) -> "ParameterDistance":
+                strength: float = 0.01, layers: Sequence[int] | None = None,
+                batch_norm: bool = False) -> "ParameterDistance":
         """Per task an embedding encoder and the MLP layers `hidden`; the layers `layers` of `hidden` are tied."""
-        blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width)
+        blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
+                           batch_norm=batch_norm)
         return cls(tasks, blocks, penalty, strength, layers, head_hidden, dropout)
 
     @classmethod
     def image(cls, tasks: Sequence[Task], spec: ImageSpec, conv_channels: Sequence[int] = (10, 20),
               kernel_size: int = 5, hidden: Sequence[int] = (50,), head_hidden: Sequence[int] = (50,),
               dropout: float = 0.0, penalty: Literal["l2", "trace"] = "l2", strength: float = 0.01,
-              layers: Sequence[int] | None = None) -> "ParameterDistance":
+              layers: Sequence[int] | None = None, batch_norm: bool = False) -> "ParameterDistance":
         """Per task the LeNet-like layers (convs first, then fully connected, numbered together) and a head."""
-        blocks = ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout)
+        blocks = ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout, batch_norm)
         return cls(tasks, blocks, penalty, strength, layers, head_hidden, dropout)
 
     def shared(self, inputs: Inputs) -> Inputs:

@@ -88,9 +88,11 @@ class Sluice(StitchedColumns):
                 head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
                 embedding_width: str = "per_column", dropout: float = 0.0, subspaces: int = 2,
                 stitch_after: Sequence[int] | None = None, init: Literal["identity", "misra"] = "misra",
-                layer_mixing: Literal["concat", "sum", "last"] = "concat", orthogonality: float = 0.0) -> "Sluice":
+                layer_mixing: Literal["concat", "sum", "last"] = "concat", orthogonality: float = 0.0,
+                batch_norm: bool = False) -> "Sluice":
         """Per task an embedding encoder and the MLP layers `hidden`, cut into `subspaces` and mixed."""
-        blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width)
+        blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
+                           batch_norm=batch_norm)
         return cls(tasks, blocks, subspaces, stitch_after, init, layer_mixing, orthogonality, head_hidden, dropout)
 
     @classmethod
@@ -98,9 +100,9 @@ class Sluice(StitchedColumns):
               kernel_size: int = 5, hidden: Sequence[int] = (50,), head_hidden: Sequence[int] = (50,),
               dropout: float = 0.0, subspaces: int = 2, stitch_after: Sequence[int] | None = None,
               init: Literal["identity", "misra"] = "misra", layer_mixing: Literal["concat", "sum", "last"] = "concat",
-              orthogonality: float = 0.0) -> "Sluice":
+              orthogonality: float = 0.0, batch_norm: bool = False) -> "Sluice":
         """Per task the LeNet-like layers (convs first, then fully connected; channels are cut into subspaces)."""
-        blocks = ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout)
+        blocks = ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout, batch_norm)
         return cls(tasks, blocks, subspaces, stitch_after, init, layer_mixing, orthogonality, head_hidden, dropout)
 
     # -- pieces

@@ -94,8 +94,10 @@ class TaskConditioned(MultiTaskModel):
                 head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
                 embedding_width: str = "per_column", dropout: float = 0.0,
                 descriptor: Literal["onehot", "embedding"] = "onehot", descriptor_dim: int | None = None,
-                join: Literal["concat", "film"] = "concat", join_at: int = 0) -> "TaskConditioned":
-        blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width)
+                join: Literal["concat", "film"] = "concat", join_at: int = 0,
+                batch_norm: bool = False) -> "TaskConditioned":
+        blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
+                           batch_norm=batch_norm)
         return cls(tasks, blocks, descriptor, descriptor_dim, join, join_at, head_hidden, dropout)
 
     @classmethod
@@ -103,8 +105,8 @@ class TaskConditioned(MultiTaskModel):
               kernel_size: int = 5, hidden: Sequence[int] = (50,), head_hidden: Sequence[int] = (50,),
               dropout: float = 0.0, descriptor: Literal["onehot", "embedding"] = "onehot",
               descriptor_dim: int | None = None, join: Literal["concat", "film"] = "concat",
-              join_at: int = 0) -> "TaskConditioned":
-        blocks = ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout)
+              join_at: int = 0, batch_norm: bool = False) -> "TaskConditioned":
+        blocks = ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout, batch_norm)
         return cls(tasks, blocks, descriptor, descriptor_dim, join, join_at, head_hidden, dropout)
 
     def descriptor_of(self, task: str, like: Tensor) -> Tensor:

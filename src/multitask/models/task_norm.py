@@ -75,15 +75,16 @@ class TaskNorm(MultiTaskModel):
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
                 head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
                 embedding_width: str = "per_column", dropout: float = 0.0,
-                norm: Literal["batch", "layer"] = "batch") -> "TaskNorm":
-        blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width)
+                norm: Literal["batch", "layer"] = "batch", batch_norm: bool = False) -> "TaskNorm":
+        blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
+                           batch_norm=batch_norm)
         return cls(tasks, blocks, norm, head_hidden, dropout)
 
     @classmethod
     def image(cls, tasks: Sequence[Task], spec: ImageSpec, conv_channels: Sequence[int] = (10, 20),
               kernel_size: int = 5, hidden: Sequence[int] = (50,), head_hidden: Sequence[int] = (50,),
-              dropout: float = 0.0, norm: Literal["batch", "layer"] = "batch") -> "TaskNorm":
-        blocks = ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout)
+              dropout: float = 0.0, norm: Literal["batch", "layer"] = "batch", batch_norm: bool = False) -> "TaskNorm":
+        blocks = ConvBlocks(spec, conv_channels, kernel_size, hidden, dropout, batch_norm)
         return cls(tasks, blocks, norm, head_hidden, dropout)
 
     def forward(self, inputs: Inputs, tasks: Sequence[str] | None = None) -> dict[str, Tensor]:
