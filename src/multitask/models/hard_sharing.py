@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from multitask.models.base import Inputs, MultiTaskModel, has_hooks
 from multitask.models.conv import ConvTrunk, ImageSpec
-from multitask.models.layers import InputSchema, TabularMLP, mlp
+from multitask.models.layers import EMBEDDING_STD, InputSchema, TabularMLP, mlp
 from multitask.tasks import Task
 
 
@@ -25,9 +25,9 @@ class HardSharing(MultiTaskModel):
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
-                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
+                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = EMBEDDING_STD,
                 embedding_width: str = "per_column", dropout: float = 0.0,
-                batch_norm: bool = False) -> "HardSharing":
+                batch_norm: bool = True) -> "HardSharing":
         """The built-in tabular model: categorical embeddings + MLP trunk, MLP heads. `embedding_std` and
         `embedding_width` are `TabularEncoder`'s; `batch_norm` puts BatchNorm1d in the trunk's layers."""
         trunk = TabularMLP(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width, batch_norm)

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.conv import ConvTrunk, ImageSpec
-from multitask.models.layers import InputSchema, TabularMLP, mlp
+from multitask.models.layers import EMBEDDING_STD, InputSchema, TabularMLP, mlp
 from multitask.tasks import Task
 
 
@@ -21,9 +21,9 @@ class Independent(MultiTaskModel):
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
-                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
+                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = EMBEDDING_STD,
                 embedding_width: str = "per_column", dropout: float = 0.0,
-                batch_norm: bool = False) -> "Independent":
+                batch_norm: bool = True) -> "Independent":
         """Per task: the same layers as `HardSharing.tabular`, but not shared."""
 
         def make(task: Task) -> nn.Module:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.conv import ConvFeatures, ImageSpec
-from multitask.models.layers import InputSchema, TabularEncoder, mlp, mlp_out_dim
+from multitask.models.layers import EMBEDDING_STD, InputSchema, TabularEncoder, mlp, mlp_out_dim
 from multitask.tasks import Task
 
 
@@ -43,8 +43,8 @@ class MMoE(MultiTaskModel):
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, n_experts: int = 8,
                 expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (32,),
-                embedding_dim: int = 8, embedding_std: float | None = None, embedding_width: str = "per_column",
-                dropout: float = 0.0, batch_norm: bool = False) -> "MMoE":
+                embedding_dim: int = 8, embedding_std: float | None = EMBEDDING_STD, embedding_width: str = "per_column",
+                dropout: float = 0.0, batch_norm: bool = True) -> "MMoE":
         """Categorical embeddings (`TabularEncoder`'s options) shared; `batch_norm` puts BatchNorm1d in the
         experts' layers."""
         encoder = TabularEncoder(schema, embedding_dim, embedding_std, embedding_width)

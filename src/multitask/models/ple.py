@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks, check_depth, column
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import InputSchema, check_widths, mlp
+from multitask.models.layers import EMBEDDING_STD, InputSchema, check_widths, mlp
 from multitask.tasks import Task
 
 
@@ -105,8 +105,8 @@ class PLE(MultiTaskModel):
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, n_levels: int = 2, n_shared_experts: int = 2,
                 n_task_experts: int = 2, expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (32,),
-                embedding_dim: int = 8, embedding_std: float | None = None, embedding_width: str = "per_column",
-                dropout: float = 0.0, batch_norm: bool = False) -> "PLE":
+                embedding_dim: int = 8, embedding_std: float | None = EMBEDDING_STD, embedding_width: str = "per_column",
+                dropout: float = 0.0, batch_norm: bool = True) -> "PLE":
         """Categorical embeddings shared (`TabularEncoder`'s options); every expert an MLP of `expert_hidden`
         (with BatchNorm1d when `batch_norm`)."""
         blocks = _table_blocks(schema, expert_hidden, embedding_dim, embedding_std, embedding_width, dropout,
@@ -210,8 +210,8 @@ class CGC(PLE):
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, n_shared_experts: int = 2,
                 n_task_experts: int = 2, expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (32,),
-                embedding_dim: int = 8, embedding_std: float | None = None, embedding_width: str = "per_column",
-                dropout: float = 0.0, batch_norm: bool = False) -> "CGC":
+                embedding_dim: int = 8, embedding_std: float | None = EMBEDDING_STD, embedding_width: str = "per_column",
+                dropout: float = 0.0, batch_norm: bool = True) -> "CGC":
         """As `PLE.tabular`, one level."""
         blocks = _table_blocks(schema, expert_hidden, embedding_dim, embedding_std, embedding_width, dropout,
                                batch_norm)
