@@ -111,28 +111,43 @@ def _joint_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: Any, 
                     _accumulate(p, g, fresh=True)
             _head_gradients(losses, active, live, head_params, scales)
             return {t: l.detach() for t, l in losses.items()}
-        J = _workspace(balancer, "J", (len(active), sum(p.numel() for p in shared)), shared[0])
-        J.zero_()
+        sizes = [p.numel() for p in shared]
+        J = _workspace(balancer, "J", (len(active), sum(sizes)), shared[0])
+        J.zero_()  # rows of tasks whose loss has no graph stay zero
         wrt = shared + head_params
         for k, i in enumerate(live):
             grads = torch.autograd.grad(losses[active[i]], wrt, retain_graph=k < len(live) - 1, allow_unused=True)
-            offset = 0
-            for p, g in zip(shared, grads):
-                if g is not None:
-                    J[i, offset:offset + p.numel()] = g.reshape(-1)
-                offset += p.numel()
+            _fill_row(J, i, grads[:len(shared)], sizes)
             for p, g in zip(head_params, grads[len(shared):]):  # a task's own parameters: its (scaled) gradient
                 if g is not None:
                     _accumulate(p, g if scales is None else g * scales[i].detach().to(g.dtype))
         losses = {t: l.detach() for t, l in losses.items()}
-        if isinstance(balancer, GramianBalancer):
-            w = _solve(balancer, _stricter(balancer, _gram(J), lambda: _exact_gram(J)), loss_values, index)
-            d = w.to(J.dtype) @ J
-        else:
-            d = _aggregate(balancer, J, loss_values, index)
-        for p, g in zip(shared, _split(d, shared)):
-            _accumulate(p, g)
+        _balance_jacobian(balancer, J, shared, loss_values, index)
         return losses
+
+
+def _balance_jacobian(balancer: GradientBalancer, J: Tensor, shared: list[torch.nn.Parameter], loss_values: Tensor,
+                      index: np.ndarray) -> None:
+    """Parameters mode: the method's direction from the per-task gradients J on the shared parameters (through
+    its weights for a Gramian method), added to their `.grad`."""
+    if isinstance(balancer, GramianBalancer):
+        w = _solve(balancer, _stricter(balancer, _gram(J), lambda: _exact_gram(J)), loss_values, index)
+        d = w.to(J.dtype) @ J
+    else:
+        d = _aggregate(balancer, J, loss_values, index)
+    for p, g in zip(shared, _split(d, shared)):
+        _accumulate(p, g)
+
+
+def _fill_row(J: Tensor, i: int, grads: tuple, sizes: list[int]) -> None:
+    """J[i] <- the gradients of the shared parameters, flattened side by side (zeros where one is None)."""
+    offset = 0
+    for g, size in zip(grads, sizes):
+        if g is None:
+            J[i, offset:offset + size] = 0.0
+        else:
+            J[i, offset:offset + size] = g.reshape(-1)
+        offset += size
 
 
 def _head_gradients(losses: Mapping[str, Tensor], active: list[str], live: list[int], head_params: list,
@@ -232,14 +247,7 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
             torch.autograd.backward(targets, _split(d, targets))
             return losses
 
-        J = _jacobian(targets, shared, feats, balancer)
-        if isinstance(balancer, GramianBalancer):
-            w = _solve(balancer, _stricter(balancer, _gram(J), lambda: _exact_gram(J)), loss_values, index)
-            d = w.to(J.dtype) @ J
-        else:
-            d = _aggregate(balancer, J, loss_values, index)
-        for p, g in zip(shared, _split(d, shared)):
-            _accumulate(p, g)
+        _balance_jacobian(balancer, _jacobian(targets, shared, feats, balancer), shared, loss_values, index)
         return losses
 
 
@@ -496,15 +504,8 @@ def _jacobian(targets: list[Tensor], shared: list[torch.nn.Parameter], feats: Fe
     n = len(feats)
     J = _workspace(balancer, "J", (n, sum(sizes)), shared[0])
     for i in range(n):
-        grads = torch.autograd.grad(targets, shared, grad_outputs=feats.row(i), retain_graph=i < n - 1,
-                                    allow_unused=True)
-        offset = 0
-        for g, size in zip(grads, sizes):
-            if g is None:
-                J[i, offset:offset + size] = 0.0
-            else:
-                J[i, offset:offset + size] = g.reshape(-1)
-            offset += size
+        _fill_row(J, i, torch.autograd.grad(targets, shared, grad_outputs=feats.row(i), retain_graph=i < n - 1,
+                                            allow_unused=True), sizes)
     return J
 
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from multitask.models.conv import ImageSpec, Normalize
+from multitask.models.conv import ImageSpec, Normalize, conv_output_size
 from multitask.models.layers import (BatchNorm1d, InputSchema, TabularEncoder, check_dropout, check_flag,
                                     check_widths)
 
@@ -115,21 +115,10 @@ class ConvBlocks(Blocks):
     def __init__(self, spec: ImageSpec, conv_channels: Sequence[int] = (10, 20), kernel_size: int = 5,
                  hidden: Sequence[int] = (50,), dropout: float = 0.0, batch_norm: bool = False,
                  option: str = "hidden") -> None:
-        check_widths("conv_channels", conv_channels)
+        h, w = conv_output_size(spec, conv_channels, kernel_size)
         check_widths(option, hidden)
         check_dropout(dropout)
         check_flag("batch_norm", batch_norm)
-        if not conv_channels:
-            raise ValueError("conv_channels needs at least one conv layer, e.g. [10, 20]")
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
-            raise ValueError(f"kernel_size must be an integer >= 1, got {kernel_size!r}")
-        h, w = spec.height, spec.width
-        for _ in conv_channels:
-            h, w = (h - kernel_size + 1) // 2, (w - kernel_size + 1) // 2
-            if h < 1 or w < 1:
-                raise ValueError(f"image size {spec.height}x{spec.width} is too small for {len(conv_channels)} "
-                                 f"conv layers of kernel_size {kernel_size} with 2x2 pooling (conv_channels "
-                                 f"{list(conv_channels)}); use larger images, fewer layers or a smaller kernel")
         self.spec, self.kernel_size, self.dropout, self.batch_norm = spec, kernel_size, dropout, batch_norm
         self.n_conv = len(conv_channels)
         self.flat_conv = conv_channels[-1] * h * w

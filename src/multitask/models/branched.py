@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel, has_hooks
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import InputSchema, mlp
+from multitask.models.layers import InputSchema, task_heads
 from multitask.tasks import Task
 
 Group = tuple[str, ...]
@@ -92,8 +92,7 @@ class Branched(MultiTaskModel):
         self.encoders = nn.ModuleDict({"+".join(g): blocks.encoder() for g in self.layout[0]})
         self.nodes = nn.ModuleDict({_key(i, g): blocks.layer(i) for i in range(self.depth, blocks.n_layers)
                                     for g in self.layout[i]})
-        self.task_heads = nn.ModuleDict(
-            {t.name: mlp(blocks.out_dim, head_hidden, t.out_dim, dropout=dropout, option="head_hidden") for t in tasks})
+        self.task_heads = task_heads(tasks, blocks.out_dim, head_hidden, dropout)
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, branches: Sequence[Any] | None = None,

@@ -57,24 +57,33 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def conv_output_size(spec: ImageSpec, conv_channels: Sequence[int], kernel_size: int) -> tuple[int, int]:
+    """Height and width after the conv layers of `conv_channels` (each: `kernel_size`, no padding, then 2x2
+    pooling); the options are checked, and an image too small for them is an error naming them."""
+    check_widths("conv_channels", conv_channels)
+    if not conv_channels:
+        raise ValueError("conv_channels needs at least one conv layer, e.g. [10, 20]")
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
+        raise ValueError(f"kernel_size must be an integer >= 1, got {kernel_size!r}")
+    h, w = spec.height, spec.width
+    for _ in conv_channels:
+        h, w = (h - kernel_size + 1) // 2, (w - kernel_size + 1) // 2
+        if h < 1 or w < 1:
+            raise ValueError(f"image size {spec.height}x{spec.width} is too small for {len(conv_channels)} "
+                             f"conv layers of kernel_size {kernel_size} with 2x2 pooling (conv_channels "
+                             f"{list(conv_channels)}); use larger images, fewer layers or a smaller kernel")
+    return h, w
+
+
 class ConvFeatures(nn.Module):
     """Normalize, then per entry of `conv_channels` a conv (`kernel_size`, no padding), 2x2 max-pool and ReLU;
     flattened to [N, out_dim]."""
 
     def __init__(self, spec: ImageSpec, conv_channels: Sequence[int] = (10, 20), kernel_size: int = 5) -> None:
         super().__init__()
-        check_widths("conv_channels", conv_channels)
-        if not conv_channels:
-            raise ValueError("conv_channels needs at least one conv layer, e.g. [10, 20]")
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
-            raise ValueError(f"kernel_size must be an integer >= 1, got {kernel_size!r}")
-        h, w, layers, c = spec.height, spec.width, [Normalize(spec)], spec.channels
+        h, w = conv_output_size(spec, conv_channels, kernel_size)
+        layers, c = [Normalize(spec)], spec.channels
         for out in conv_channels:
-            h, w = (h - kernel_size + 1) // 2, (w - kernel_size + 1) // 2
-            if h < 1 or w < 1:
-                raise ValueError(f"image size {spec.height}x{spec.width} is too small for {len(conv_channels)} "
-                                 f"conv layers of kernel_size {kernel_size} with 2x2 pooling (conv_channels "
-                                 f"{list(conv_channels)}); use larger images, fewer layers or a smaller kernel")
             layers += [nn.Conv2d(c, out, kernel_size), nn.MaxPool2d(2), nn.ReLU()]
             c = out
         layers.append(nn.Flatten())

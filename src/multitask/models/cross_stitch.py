@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import InputSchema, mlp
+from multitask.models.layers import InputSchema, task_heads
 from multitask.tasks import Task
 
 MISRA_SAME = 0.9  # the paper's best initialisation: alpha_same 0.9, the rest of each row split evenly
@@ -79,8 +79,7 @@ class StitchedColumns(MultiTaskModel):
         n = blocks.n_layers
         self.encoders = nn.ModuleDict({t: blocks.encoder() for t in self.task_names})
         self.columns = nn.ModuleDict({t: nn.ModuleList(blocks.layer(i) for i in range(n)) for t in self.task_names})
-        self.task_heads = nn.ModuleDict(
-            {t.name: mlp(head_in, head_hidden, t.out_dim, dropout=dropout, option="head_hidden") for t in tasks})
+        self.task_heads = task_heads(tasks, head_in, head_hidden, dropout)
 
     # -- what subclasses define
     def _mix(self, i: int, h: dict[str, Tensor], rows: list[str]) -> dict[str, Tensor]:

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from multitask.models.base import Inputs, MultiTaskModel, has_hooks
 from multitask.models.conv import ConvTrunk, ImageSpec
-from multitask.models.layers import EMBEDDING_STD, InputSchema, TabularMLP, mlp
+from multitask.models.layers import EMBEDDING_STD, InputSchema, TabularMLP, task_heads
 from multitask.tasks import Task
 
 
@@ -19,9 +19,7 @@ class HardSharing(MultiTaskModel):
         super().__init__()
         self.task_names = [t.name for t in tasks]
         self.trunk = trunk
-        self.task_heads = nn.ModuleDict(
-            {t.name: mlp(trunk_dim, head_hidden, t.out_dim, dropout=dropout, option="head_hidden") for t in tasks}
-        )
+        self.task_heads = task_heads(tasks, trunk_dim, head_hidden, dropout)
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),

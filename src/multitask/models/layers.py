@@ -59,6 +59,12 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int | None = None, dropout:
     return nn.Sequential(*layers)
 
 
+def task_heads(tasks: Sequence, in_dim: int, head_hidden: Sequence[int], dropout: float = 0.0) -> nn.ModuleDict:
+    """One MLP head per task (`mlp` of `head_hidden`, then the task's outputs), keyed by task name."""
+    return nn.ModuleDict({t.name: mlp(in_dim, head_hidden, t.out_dim, dropout=dropout, option="head_hidden")
+                          for t in tasks})
+
+
 def check_widths(option: str, widths: Sequence[int]) -> None:
     """Layer widths are positive integers; the error names the option and the bad entry."""
     if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence):

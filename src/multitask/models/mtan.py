@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import InputSchema, mlp
+from multitask.models.layers import InputSchema, task_heads
 from multitask.tasks import Task
 
 
@@ -90,8 +90,7 @@ class MTAN(MultiTaskModel):
             {t: nn.ModuleList(Attention(w[i], w[i - 1] if i else None, max(1, w[i] // attention_reduction))
                               for i in range(len(w)))
              for t in self.task_names})
-        self.task_heads = nn.ModuleDict(
-            {t.name: mlp(blocks.out_dim, head_hidden, t.out_dim, dropout=dropout, option="head_hidden") for t in tasks})
+        self.task_heads = task_heads(tasks, blocks.out_dim, head_hidden, dropout)
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks, check_depth
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import InputSchema, mlp
+from multitask.models.layers import InputSchema, task_heads
 from multitask.tasks import Task
 
 DESCRIPTORS = ("onehot", "embedding")
@@ -86,8 +86,7 @@ class TaskConditioned(MultiTaskModel):
             c = blocks.widths[join_at]
             self.scales = nn.ParameterDict({t: nn.Parameter(torch.ones(c)) for t in self.task_names})
             self.shifts = nn.ParameterDict({t: nn.Parameter(torch.zeros(c)) for t in self.task_names})
-        self.task_heads = nn.ModuleDict(
-            {t.name: mlp(blocks.out_dim, head_hidden, t.out_dim, dropout=dropout, option="head_hidden") for t in tasks})
+        self.task_heads = task_heads(tasks, blocks.out_dim, head_hidden, dropout)
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),

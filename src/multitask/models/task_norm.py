@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import InputSchema, mlp
+from multitask.models.layers import InputSchema, task_heads
 from multitask.tasks import Task
 
 NORMS = ("batch", "layer")
@@ -68,8 +68,7 @@ class TaskNorm(MultiTaskModel):
         self.layers = nn.ModuleList(blocks.layer(i) for i in range(blocks.n_layers))
         self.norms = nn.ModuleDict({t: nn.ModuleList(make_norm(norm, w) for w in blocks.widths)
                                     for t in self.task_names})
-        self.task_heads = nn.ModuleDict(
-            {t.name: mlp(blocks.out_dim, head_hidden, t.out_dim, dropout=dropout, option="head_hidden") for t in tasks})
+        self.task_heads = task_heads(tasks, blocks.out_dim, head_hidden, dropout)
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
