@@ -13,7 +13,6 @@ layer; the head's input is wider with ``layer_mixing="concat"`` (the sum of the 
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Iterator, Literal, Sequence
 
 import torch
