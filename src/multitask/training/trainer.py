@@ -32,6 +32,7 @@ from multitask.tasks import Task, check_unique
 from multitask.training.checkpoint import (NEXT_BEST, load_run_state, load_weights, remove_temporaries,
                                            resolve_best, save_atomic)
 from multitask.training.accumulation import PartAccumulator
+from multitask.training.callbacks import Callback, EpochCallback, StepInfo, _AfterEpoch, as_callbacks
 from multitask.training.early_stopping import EarlyStopping
 from multitask.errors import message
 
@@ -103,9 +104,6 @@ class StopTraining(Exception):
     """Raised by a callback to end `fit` cleanly after the current epoch's checkpoint."""
 
 
-EpochCallback = Callable[["Trainer", dict], None]
-
-
 class Trainer:
     """Trains `model` on `tasks`, trading them off with `balancer` (default: `Equal`).
 
@@ -135,6 +133,7 @@ class Trainer:
         self._skips_in_a_row = 0
         self._best_state: dict[str, Tensor] | None = None
         self._present: dict[str, bool] = {}  # which tasks had labels in the last step
+        self.callbacks: list[Callback] = []  # those of the current `fit`
         self._own_params: dict[str, list[torch.nn.Parameter]] | None = None
         c = self.config
         self.accumulator: PartAccumulator | None = None
@@ -176,14 +175,18 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ training
     def fit(self, train: MultiTaskData | BatchPlan | Iterable[Any], val: MultiTaskData | None = None,
-            resume: bool = False, callbacks: Sequence[EpochCallback] = ()) -> list[dict]:
+            resume: bool = False, callbacks: Sequence[Callback | EpochCallback] = ()) -> list[dict]:
         """Train for `config.epochs` epochs (in total, counting resumed ones). Returns one record per epoch.
 
         `train`: a `MultiTaskData` (shuffled batches of `batch_size`, the fast default), a `BatchPlan` (rows of
         its `data` chosen per step, e.g. `SourceBatches`), or any iterable of ``(inputs, targets)`` batches,
         e.g. a DataLoader with `multitask.data.loading.collate`, iterated once per epoch (each batch checked,
         label masks computed per batch; `set_epoch(epoch)` is called on it or on its batch sampler / sampler
-        when they have one, so an order seeded by the epoch is the same after a resume)."""
+        when they have one, so an order seeded by the epoch is the same after a resume).
+
+        `callbacks`: `multitask.training.Callback` objects (observers of steps and epochs, whose state is saved
+        with each checkpoint) or plain functions ``f(trainer, record)`` called after each epoch's checkpoint."""
+        self.callbacks = as_callbacks(callbacks)
         tasks = list(self.tasks.values())
         if isinstance(train, MultiTaskData):
             train = ShuffledBatches(train)
@@ -213,6 +216,8 @@ class Trainer:
             masks = {t: self.tasks[t].label_mask(y) for t, y in train.data.targets.items()}
             complete = {t: bool(m.all()) for t, m in masks.items()}
         c = self.config
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
         try:
             while self.epoch < c.epochs and not self.early.should_stop:
                 batches = (self._planned(train, masks, complete) if isinstance(train, BatchPlan)
@@ -229,15 +234,27 @@ class Trainer:
                 if self.scheduler is not None:
                     self.scheduler.step()
                 self.balancer.epoch_end(self.epoch)
+                stop = False
+                for cb in self.callbacks:
+                    if not isinstance(cb, _AfterEpoch):
+                        try:
+                            cb.on_epoch_end(self, record)
+                        except StopTraining:
+                            stop = True  # the epoch is still logged and saved
                 self._log(record)
                 history.append(record)
                 self._save(best=bool(record.get("best")))
-                for cb in callbacks:
-                    cb(self, record)
+                for cb in self.callbacks:
+                    if isinstance(cb, _AfterEpoch):
+                        cb.fn(self, record)
+                if stop:
+                    break
         except StopTraining:
             pass
         if c.restore_best and self._best_state is not None:
             self.model.load_state_dict(self._best_state)
+        for cb in self.callbacks:
+            cb.on_fit_end(self, history)
         return history
 
     def _planned(self, plan: BatchPlan, masks: Mapping[str, Tensor],
@@ -302,7 +319,15 @@ class Trainer:
         for step, (inputs, targets, batch_masks) in enumerate(feed):
             inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
             skipped = self.skipped_steps
+            for cb in self.callbacks:
+                cb.on_step_start(self, inputs, targets, batch_masks)
             losses = self.train_step(inputs, targets, batch_masks)
+            if self.callbacks:
+                info = StepInfo(self.global_step, self.epoch, inputs, targets, batch_masks,
+                                {t: l.detach() for t, l in losses.items()}, dict(self._present),
+                                skipped=self.skipped_steps != skipped)
+                for cb in self.callbacks:
+                    cb.on_step_end(self, info)
             if self.skipped_steps == skipped:  # a skipped step's losses are not finite: left out of the means
                 step_losses.append(losses)
                 if not all(self._present.values()):  # a task without labels in this step: its 0 is no loss
@@ -522,6 +547,8 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "config": asdict(self.config),
             **({"accumulator": self.accumulator.state_dict()} if self.accumulator is not None else {}),
+            "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks
+                          if not isinstance(cb, _AfterEpoch)},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -539,6 +566,10 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         if self.accumulator is not None and state.get("accumulator") is not None:
             self.accumulator.load_state_dict(state["accumulator"])
+        saved = state.get("callbacks") or {}
+        for cb in self.callbacks:
+            if cb.key in saved:
+                cb.load_state_dict(saved[cb.key])
         if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             self.scheduler.T_max = self.config.epochs  # `epochs` may grow on resume: anneal over the new total
 
