@@ -79,7 +79,7 @@ def test_losses_must_match_tasks():
 def test_registry_names():
     assert set(BALANCERS) == {"equal", "static", "uncertainty", "dwa", "rlw", "gls", "imtl_l", "famo", "gradnorm",
                               "mgda", "pcgrad", "gradvac", "graddrop", "cagrad", "imtl_g", "aligned_mtl",
-                              "nash_mtl", "upgrad", "db_mtl"}
+                              "nash_mtl", "upgrad", "db_mtl", "epo"}
 
 
 def test_dwa_weights_by_hand():

@@ -1,4 +1,4 @@
-"""`multitask train | evaluate | predict | data | methods`: a thin layer over the Python API."""
+"""`multitask train | evaluate | predict | report | sweep | data | methods`: a thin layer over the Python API."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,62 @@ def _train(args: argparse.Namespace) -> int:
     print()
     print(report.summary(final))
     print(f"\nrun directory: {out}")
+    if not (args.no_report or os.environ.get("MULTITASK_NO_REPORT")):
+        _write_run_report(out)
+    return 0
+
+
+def _write_run_report(out: Path) -> None:
+    """The run's report.html (+ figures/); a failure is a warning: the run's files are already written."""
+    from multitask.report import write_run_report
+
+    try:
+        path = write_run_report(out)
+    except Exception as e:  # noqa: BLE001 - whatever went wrong, the run itself is complete and saved
+        if os.environ.get("MULTITASK_TRACEBACK"):
+            raise
+        reason = " ".join(str(e).split()) or type(e).__name__
+        print(f"multitask: warning: the run is saved, but its report was not written ({reason}); "
+              f"try again with `multitask report {out}`", file=sys.stderr)
+        return
+    print(f"report: {path} (figures in {path.parent / 'figures'})")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from multitask.report import write_report
+
+    if args.out is None and len(args.run_dirs) > 1:
+        raise ConfigError("--out: give the HTML file to write the comparison of several runs to")
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report.html"
+    objectives = _objectives(args.objectives)
+    path = write_report(args.run_dirs, out, args.figures, objectives=objectives, split=args.split,
+                        title=args.title)
+    print(f"report: {path} (figures in {Path(args.figures) if args.figures else path.parent / 'figures'})")
+    return 0
+
+
+def _objectives(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not 2 <= len(names) <= 3 or any("." not in n for n in names):
+        raise ConfigError(f"--objectives: give two or three TASK.METRIC names separated by commas, got {text!r}")
+    return names
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from multitask import pareto
+
+    out = Path(args.out)
+    if (out / "sweep.json").exists() and not args.overwrite:
+        raise ConfigError(f"{out} already holds a sweep: pass --overwrite to start again, or --out elsewhere")
+    record = pareto.sweep(args.config, args.preferences, out, method=args.method, overrides=args.set or [],
+                          objectives=_objectives(args.objectives), split=args.split)
+    print()
+    print(pareto.format_front(record))
+    print(f"\nsweep directory: {out} (sweep.json, one run per preference)")
+    if (out / "report.html").exists():
+        print(f"report: {out / 'report.html'}")
     return 0
 
 
@@ -223,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. trainer.epochs=5")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="start again in an existing run directory")
+    t.add_argument("--no-report", action="store_true",
+                   help="do not write report.html at the end (also: environment MULTITASK_NO_REPORT=1)")
     t.set_defaults(fn=_train)
 
     e = sub.add_parser("evaluate", help="metrics of a saved run on one split")
@@ -244,6 +302,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("action", choices=["install"])
     d.add_argument("dataset", choices=["census-income", "yeast", "multi-fashion"])
     d.set_defaults(fn=_data)
+
+    rp = sub.add_parser("report", help="an HTML report (figures embedded) of one run, or a comparison of several")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rp.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html for one run)")
+    rp.add_argument("--figures", metavar="DIR", help="folder for the PNG figures (default: figures/ beside --out)")
+    rp.add_argument("--objectives", metavar="T.M,T.M[,T.M]",
+                    help="metrics of the Pareto plot, e.g. income.auc,marital.auc (default: each task's first)")
+    rp.add_argument("--split", choices=["test", "val"], default="test", help="metrics compared (default test)")
+    rp.add_argument("--title", help="title of the page")
+    rp.set_defaults(fn=_report)
+
+    sw = sub.add_parser("sweep", help="train one model per preference vector and report the Pareto front")
+    sw.add_argument("config")
+    sw.add_argument("--preferences", type=int, required=True, metavar="N",
+                    help="number of preference vectors (an even grid on the simplex; the finest with at most N)")
+    sw.add_argument("--out", required=True, metavar="DIR", help="sweep directory (one run per preference)")
+    sw.add_argument("--method", choices=["linear", "epo"], default="linear",
+                    help="linear scalarisation (static weights = preference) or EPO exact-preference search")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    sw.add_argument("--objectives", metavar="T.M,T.M[,T.M]", help="metrics of the front (default: each task's first)")
+    sw.add_argument("--split", choices=["test", "val"], default="test", help="metrics of the front (default test)")
+    sw.add_argument("--overwrite", action="store_true", help="start again in an existing sweep directory")
+    sw.set_defaults(fn=_sweep)
 
     m = sub.add_parser("methods", help="list balancing methods and models")
     m.set_defaults(fn=_methods)

@@ -4,6 +4,7 @@ from multitask.balancing.base import (Balancer, GradientBalancer, GramianBalance
                                       LossBalancer, WeightedSum)
 from multitask.balancing.cagrad import CAGrad
 from multitask.balancing.db_mtl import DBMTL
+from multitask.balancing.epo import EPO
 from multitask.balancing.equal import Equal
 from multitask.balancing.graddrop import GradDrop
 from multitask.balancing.gradnorm import GradNorm
@@ -19,7 +20,7 @@ from multitask.balancing.upgrad import UPGrad
 
 BALANCERS: dict[str, type[Balancer]] = {cls.name: cls for cls in (
     Equal, Static, Uncertainty, DWA, RLW, GeometricMean, IMTLL, FAMO,
-    GradNorm, MGDA, PCGrad, GradVac, GradDrop, CAGrad, IMTLG, AlignedMTL, NashMTL, UPGrad, DBMTL,
+    GradNorm, MGDA, PCGrad, GradVac, GradDrop, CAGrad, IMTLG, AlignedMTL, NashMTL, UPGrad, DBMTL, EPO,
 )}
 
 __all__ = ["Balancer", "LossBalancer", "GradientBalancer", "GramianBalancer", "JacobianBalancer", "WeightedSum",

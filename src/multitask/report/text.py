@@ -1,4 +1,4 @@
-"""Readable summaries of a run's files (final.json): per-task test metrics beside the baselines, and Δm."""
+"""Plain-text summaries of a run (final.json): per-task test metrics beside the baselines, and Δm; printed by the CLI."""
 from __future__ import annotations
 
 from typing import Any
