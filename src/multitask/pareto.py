@@ -48,8 +48,10 @@ def simplex_grid(n_tasks: int, n: int, interior: bool = False) -> np.ndarray:
     divide by the preference: the lattice of n_tasks + divisions divisions, shifted by one step in every entry."""
     if n_tasks < 2:
         raise ValueError(f"a preference sweep needs at least two tasks, got {n_tasks}")
-    if n < 2 if not interior else n < 1:
-        raise ValueError(f"--preferences must be at least {1 if interior else 2}, got {n}")
+    least = 1 if interior else n_tasks
+    if n < least:
+        raise ValueError(f"--preferences must be at least {least} for {n_tasks} tasks"
+                         f"{'' if interior else ' (the corners of the simplex)'}, got {n}")
     if interior:  # points p = (c + 1) / (H + T) with sum(c) = H: every entry at least 1 / (H + T)
         h = 0
         while lattice_size(n_tasks, h + 1) <= n:
@@ -60,8 +62,6 @@ def simplex_grid(n_tasks: int, n: int, interior: bool = False) -> np.ndarray:
     h = 1
     while lattice_size(n_tasks, h + 1) <= n:
         h += 1
-    if lattice_size(n_tasks, h) > n:
-        raise ValueError(f"--preferences {n} is fewer than the {n_tasks} corners of the simplex of {n_tasks} tasks")
     return simplex_lattice(n_tasks, h)
 
 
