@@ -44,3 +44,10 @@ def synthetic(n: int = 512, seed: int = 0, missing: float = 0.0) -> tuple[list[T
         cls[torch.rand(n, generator=g) < missing] = -1
     tasks = [Task("reg", "regression"), Task("bin", "binary"), Task("cls", "multiclass", n_outputs=3)]
     return tasks, MultiTaskData(x, {"reg": reg, "bin": binary, "cls": cls})
+
+
+@pytest.fixture(autouse=True)
+def _no_run_reports(monkeypatch):
+    """`multitask train` writes report.html at the end of a run; tests that do not look at it skip it (the
+    report tests remove this variable)."""
+    monkeypatch.setenv("MULTITASK_NO_REPORT", "1")

@@ -291,11 +291,17 @@ def test_sweep_end_to_end(tmp_path, capsys):
     assert "Pareto front" in page and "static (weights={income: 0.5, marital: 0.5})" in page
     assert main(["sweep", str(cfg), "--preferences", "3", "--out", str(out)]) == 2  # already holds a sweep
     assert "--overwrite" in capsys.readouterr().err
+    assert not (out / "pref-00" / "report.html").exists()  # MULTITASK_NO_REPORT (conftest) skips run reports
+    (out / "report.html").unlink()
+    assert main(["report", str(out), "--objectives", "marital.auc,income.auc"]) == 0  # a sweep dir: its runs
+    assert "3 runs compared" in (out / "report.html").read_text()
 
 
-def test_sweep_with_epo_and_bad_input(tmp_path, capsys):
+def test_sweep_with_epo_and_bad_input(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
     from multitask.cli import main
 
+    monkeypatch.delenv("MULTITASK_NO_REPORT", raising=False)
     raw = {**CENSUS, "baselines": "none"}
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(raw))
@@ -308,6 +314,7 @@ def test_sweep_with_epo_and_bad_input(tmp_path, capsys):
     assert run_cfg["balancer"]["name"] == "epo"
     assert run_cfg["balancer"]["preference"] == pytest.approx(dict(zip(record["tasks"], [1 / 3, 2 / 3])))
     assert record["front"]["objectives"] == ["marital.auc", "income.auc"]
+    assert (out / "pref-00" / "report.html").exists() and (out / "pref-01" / "figures" / "losses.png").exists()
     capsys.readouterr()
     assert main(["sweep", str(cfg), "--preferences", "1", "--out", str(tmp_path / "x")]) == 2
     assert "at least 2" in capsys.readouterr().err

@@ -51,11 +51,21 @@ def _write_run_report(out: Path) -> None:
 def _report(args: argparse.Namespace) -> int:
     from multitask.report import write_report
 
+    run_dirs = []
+    for d in args.run_dirs:  # a sweep directory stands for its runs
+        sweep = Path(d) / "sweep.json"
+        if sweep.exists() and not (Path(d) / "final.json").exists():
+            try:
+                run_dirs += [Path(d) / r["dir"] for r in json.loads(sweep.read_text())["runs"]]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ConfigError(f"{sweep} cannot be read ({' '.join(str(e).split())})") from None
+        else:
+            run_dirs.append(Path(d))
     if args.out is None and len(args.run_dirs) > 1:
         raise ConfigError("--out: give the HTML file to write the comparison of several runs to")
     out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "report.html"
     objectives = _objectives(args.objectives)
-    path = write_report(args.run_dirs, out, args.figures, objectives=objectives, split=args.split,
+    path = write_report(run_dirs, out, args.figures, objectives=objectives, split=args.split,
                         title=args.title)
     print(f"report: {path} (figures in {Path(args.figures) if args.figures else path.parent / 'figures'})")
     return 0
@@ -77,7 +87,8 @@ def _sweep(args: argparse.Namespace) -> int:
     if (out / "sweep.json").exists() and not args.overwrite:
         raise ConfigError(f"{out} already holds a sweep: pass --overwrite to start again, or --out elsewhere")
     record = pareto.sweep(args.config, args.preferences, out, method=args.method, overrides=args.set or [],
-                          objectives=_objectives(args.objectives), split=args.split)
+                          objectives=_objectives(args.objectives), split=args.split,
+                          run_reports=not os.environ.get("MULTITASK_NO_REPORT"), interior=args.interior)
     print()
     print(pareto.format_front(record))
     print(f"\nsweep directory: {out} (sweep.json, one run per preference)")
@@ -304,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_data)
 
     rp = sub.add_parser("report", help="an HTML report (figures embedded) of one run, or a comparison of several")
-    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    rp.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html for one run)")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (a sweep directory: its runs)")
+    rp.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html for one directory)")
     rp.add_argument("--figures", metavar="DIR", help="folder for the PNG figures (default: figures/ beside --out)")
     rp.add_argument("--objectives", metavar="T.M,T.M[,T.M]",
                     help="metrics of the Pareto plot, e.g. income.auc,marital.auc (default: each task's first)")
@@ -320,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", required=True, metavar="DIR", help="sweep directory (one run per preference)")
     sw.add_argument("--method", choices=["linear", "epo"], default="linear",
                     help="linear scalarisation (static weights = preference) or EPO exact-preference search")
+    sw.add_argument("--interior", action="store_true",
+                    help="keep every task's weight > 0 (no corners or faces of the simplex; always so for epo)")
     sw.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     sw.add_argument("--objectives", metavar="T.M,T.M[,T.M]", help="metrics of the front (default: each task's first)")
     sw.add_argument("--split", choices=["test", "val"], default="test", help="metrics of the front (default test)")

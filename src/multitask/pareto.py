@@ -225,10 +225,12 @@ def preference_config(raw: dict[str, Any], tasks: Sequence[str], preference: Seq
 
 def sweep(config_path: str | Path, n: int, out: str | Path, method: str = "linear",
           overrides: Sequence[str] = (), objectives: Sequence[str] | None = None, split: str = "test",
-          report: bool = True) -> dict[str, Any]:
+          report: bool = True, run_reports: bool = True, interior: bool = False) -> dict[str, Any]:
     """Train one run per preference vector of `simplex_grid` into `out/pref-XX`, the single-task baselines once
     (into `out/baseline`, when the config asks for them), and write `out/sweep.json` (preferences, runs, the
-    front and its hypervolume) and `out/report.html` with the Pareto plot. Returns the sweep record."""
+    front and its hypervolume) and `out/report.html` with the Pareto plot (`report`), and each run's own
+    report.html (`run_reports`; a failure there is a warning). `interior` keeps the grid off the simplex's faces
+    (no task weighted 0; always so for EPO). Returns the sweep record."""
     from multitask import config as cfgmod
     from multitask import experiment
     from multitask.config import ConfigError
@@ -241,7 +243,7 @@ def sweep(config_path: str | Path, n: int, out: str | Path, method: str = "linea
     experiment.prepare_run_dir(out)
     bundle_tasks = _task_names(cfg)
     try:
-        prefs = simplex_grid(len(bundle_tasks), n, interior=(method == "epo"))
+        prefs = simplex_grid(len(bundle_tasks), n, interior=interior or method == "epo")
     except ValueError as e:
         raise ConfigError(str(e)) from None
     raw = cfg.model_dump(mode="json")
@@ -257,10 +259,13 @@ def sweep(config_path: str | Path, n: int, out: str | Path, method: str = "linea
         shown = ", ".join(f"{t}={v:.2f}" for t, v in zip(bundle_tasks, p))
         print(f"[multitask] sweep {k + 1}/{len(prefs)}: preference {shown}")
         final = experiment.run(run_cfg, run_dir)
+        if run_reports:
+            _run_report(run_dir)
         runs.append({"dir": run_dir.name, "preference": dict(zip(bundle_tasks, map(float, p))), "final": final})
     names = objective_names(runs[0]["final"], objectives, split)
     front = front_summary([r["final"] for r in runs], names, split)
-    record = {"config": str(config_path), "method": method, "tasks": bundle_tasks,
+    record = {"config": str(config_path), "method": method, "interior": bool(interior or method == "epo"),
+              "tasks": bundle_tasks,
               "preferences": prefs.tolist(), "runs": [{k: v for k, v in r.items() if k != "final"} for r in runs],
               "front": front}
     write_json(out / "sweep.json", record)
@@ -270,6 +275,19 @@ def sweep(config_path: str | Path, n: int, out: str | Path, method: str = "linea
         write_report([out / r["dir"] for r in runs], out / "report.html", objectives=names, split=split,
                      title=f"Preference sweep ({method}) of {Path(config_path).name}")
     return record
+
+
+def _run_report(run_dir: Path) -> None:
+    """A run's own report.html; a failure is a warning (the run's files are written)."""
+    import sys
+
+    from multitask.report import write_run_report
+
+    try:
+        write_run_report(run_dir)
+    except Exception as e:  # noqa: BLE001 - the run is complete whatever the report's problem
+        print(f"multitask: warning: {run_dir}: its report was not written ({' '.join(str(e).split())})",
+              file=sys.stderr)
 
 
 def format_front(record: dict[str, Any]) -> str:

@@ -309,7 +309,9 @@ def build(runs: Sequence[Run], objectives: Sequence[str] | None = None, split: s
         title = title or _title(run)
     else:
         blocks = comparison_blocks(runs, figs, objectives, split, reference)
-        subtitle = f"{len(runs)} runs: " + ", ".join(str(r.path) for r in runs)
+        parents = {r.path.resolve().parent for r in runs}
+        subtitle = (f"{len(runs)} runs in {runs[0].path.parent}: " + ", ".join(r.path.name for r in runs)
+                    if len(parents) == 1 else f"{len(runs)} runs: " + ", ".join(str(r.path) for r in runs))
         title = title or f"{len(runs)} runs compared"
     footer = "Written by `multitask report` from the run directories' final.json, metrics.jsonl, config.yaml" + \
              (" and diagnostics.jsonl" if any(r.diagnostics for r in runs) else "") + \

@@ -335,6 +335,24 @@ def compared_validation(histories: dict[str, Sequence[dict]], tasks: Sequence[st
     return fig
 
 
+def _label_points(ax: Any, xs: np.ndarray, ys: np.ndarray, labels: Sequence[str]) -> None:
+    """Label the points, skipping a label whose point lies within 4% of the axes of one already labelled
+    (runs with nearly equal metrics would print on top of each other; the table names every run)."""
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    if not ok.any():
+        return
+    span_x = max(float(np.ptp(xs[ok])), 1e-12)
+    span_y = max(float(np.ptp(ys[ok])), 1e-12)
+    placed: list[tuple[float, float]] = []
+    for x, y, lab in zip(xs, ys, labels):
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        if any(abs(x - px) / span_x < 0.04 and abs(y - py) / span_y < 0.04 for px, py in placed):
+            continue
+        placed.append((x, y))
+        ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color="#444444")
+
+
 def pareto_plot(values: np.ndarray, objectives: Sequence[str], on_front: Sequence[bool], labels: Sequence[str],
                 hypervolume: float | None = None) -> Figure:
     """The runs in objective space (two objectives: one panel; three: the three pairs). Runs on the front are
@@ -352,11 +370,8 @@ def pareto_plot(values: np.ndarray, objectives: Sequence[str], on_front: Sequenc
         if k == 2 and front.sum() > 1:
             f = values[front][np.argsort(values[front, a])]
             ax.plot(f[:, a], f[:, b], color="#1f4e79", linewidth=1, zorder=2)
-        if len(labels) <= 16:
-            for x, y, lab in zip(values[:, a], values[:, b], labels):
-                if math.isfinite(x) and math.isfinite(y):
-                    ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                                color="#444444")
+        if len(labels) <= 24:
+            _label_points(ax, values[:, a], values[:, b], labels)
         for axis, o in ((ax.xaxis, objectives[a]), (ax.yaxis, objectives[b])):
             metric = o.rpartition(".")[2]
             axis.set_label_text(f"{o} ({'higher' if HIGHER_IS_BETTER.get(metric, True) else 'lower'} is better)",
