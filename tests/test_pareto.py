@@ -320,3 +320,30 @@ def test_sweep_with_epo_and_bad_input(tmp_path, capsys, monkeypatch):
     assert "at least 2" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         pareto.sweep(cfg, 3, tmp_path / "y", method="nope")
+
+
+def test_epo_options_are_checked_before_any_work(tmp_path, no_work):
+    from multitask import config
+
+    raw = {**CENSUS, "balancer": {"name": "epo", "preference": {"income": 0.0}}}
+    with pytest.raises(ConfigError, match="balancer.*> 0"):
+        config.validate(raw)
+    raw["balancer"] = {"name": "epo", "preference": {"income": 2.0}, "eps": -1}
+    with pytest.raises(ConfigError, match="eps"):
+        config.validate(raw)
+
+
+def test_pareto_plot_of_three_objectives():
+    pytest.importorskip("matplotlib")
+    from multitask.report.figures import pareto_plot
+
+    values = np.array([[0.9, 0.1, 2.0], [0.8, 0.2, 1.0], [0.7, 0.3, 3.0], [0.9, 0.1, 2.0]])
+    names = ["a.auc", "b.mse", "c.mae"]
+    s = front_summary([{"test": {"a": {"auc": v[0]}, "b": {"mse": v[1]}, "c": {"mae": v[2]}}} for v in values],
+                      names)
+    assert s["on_front"] == [True, True, False, True]  # (0.7, 0.3, 3.0) is worse everywhere than (0.8, 0.2, 1.0)
+    fig = pareto_plot(values, names, s["on_front"], ["p0", "p1", "p2", "p3"], s["hypervolume"])
+    axes = fig.axes
+    assert len(axes) == 3
+    assert not axes[0].xaxis_inverted() and axes[0].yaxis_inverted()  # mse: lower is better, inverted
+    assert "hypervolume" in fig._suptitle.get_text()

@@ -130,6 +130,7 @@ def _slices(costs: np.ndarray, reference: Sequence[float]) -> float:
     pts = _clip(costs, ref)
     if len(pts) == 0:
         return 0.0
+    pts = np.unique(pts[nondominated(pts)], axis=0)  # dominated points and duplicates add nothing
     pts = pts[np.argsort(pts[:, -1], kind="mergesort")]
     levels = np.append(np.unique(pts[:, -1]), ref[-1])
     total = 0.0
