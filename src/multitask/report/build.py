@@ -228,7 +228,8 @@ def _label(run: Run) -> str:
     bal = (run.config or {}).get("balancer") or {}
     pref = bal.get("preference") if bal.get("name") == "epo" else bal.get("weights") if bal.get("name") == "static" else None
     if isinstance(pref, dict) and pref:
-        return "(" + ", ".join(f"{float(v):.2g}" for v in pref.values()) + ")"
+        shown = "(" + ", ".join(f"{float(v):.2g}" for v in pref.values()) + ")"
+        return f"EPO {shown}" if bal.get("name") == "epo" else shown
     return run.name
 
 
@@ -281,7 +282,8 @@ def comparison_blocks(runs: Sequence[Run], figs: Figures, objectives: Sequence[s
         ref = ", ".join(_fmt(-c if h else c, ".4g") for c, h in zip(front["reference_cost"], front["higher_is_better"]))
         blocks += _figure_block(
             figs, "pareto.png",
-            lambda: F.pareto_plot(front["values"], names, front["on_front"], labels, front["hypervolume"]),
+            lambda: F.pareto_plot(front["values"], names, front["on_front"], labels, front["hypervolume"],
+                                  [r.path.resolve().parent.name for r in finished]),
             f"The runs in {split} metrics, better towards the top right: filled points are on the front (no other "
             f"run is at least as good on every metric and better on one); hollow ones are dominated. Hypervolume "
             f"{_fmt(front['hypervolume'], '.4g')}: the area (volume) the front dominates up to the reference point "

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from multitask.metrics import HIGHER_IS_BETTER
 from multitask.report.aggregate import AffinitySummary, GradientSummary, smooth
@@ -336,8 +337,8 @@ def compared_validation(histories: dict[str, Sequence[dict]], tasks: Sequence[st
 
 
 def _label_points(ax: Any, xs: np.ndarray, ys: np.ndarray, labels: Sequence[str]) -> None:
-    """Label the points, skipping a label whose point lies within 4% of the axes of one already labelled
-    (runs with nearly equal metrics would print on top of each other; the table names every run)."""
+    """Label the points, skipping a label that would overlap one already placed (within 15% of the x range,
+    labels being wide, and 6% of the y range); the table names every run."""
     ok = np.isfinite(xs) & np.isfinite(ys)
     if not ok.any():
         return
@@ -347,29 +348,40 @@ def _label_points(ax: Any, xs: np.ndarray, ys: np.ndarray, labels: Sequence[str]
     for x, y, lab in zip(xs, ys, labels):
         if not (math.isfinite(x) and math.isfinite(y)):
             continue
-        if any(abs(x - px) / span_x < 0.04 and abs(y - py) / span_y < 0.04 for px, py in placed):
+        if any(abs(x - px) / span_x < 0.15 and abs(y - py) / span_y < 0.06 for px, py in placed):
             continue
         placed.append((x, y))
         ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color="#444444")
 
 
 def pareto_plot(values: np.ndarray, objectives: Sequence[str], on_front: Sequence[bool], labels: Sequence[str],
-                hypervolume: float | None = None) -> Figure:
+                hypervolume: float | None = None, groups: Sequence[str] | None = None) -> Figure:
     """The runs in objective space (two objectives: one panel; three: the three pairs). Runs on the front are
-    filled and joined in order; dominated runs are hollow grey. Axes are oriented so that better is up/right."""
+    filled (and joined in order), dominated runs hollow; with `groups` (e.g. two sweeps) each group has its
+    colour and marker. Axes are oriented so that better is up/right."""
     values = np.asarray(values, dtype=float)
     k = len(objectives)
     pairs = [(0, 1)] if k == 2 else [(0, 1), (0, 2), (1, 2)]
     fig = _figure(3.6 if k == 2 else 3.0, 6.0 if k == 2 else WIDTH)
     axes = fig.subplots(1, len(pairs), squeeze=False)[0]
     front = np.asarray(on_front, dtype=bool)
+    names = list(dict.fromkeys(groups)) if groups is not None and len(set(groups)) > 1 else [None]
+    member = np.array(groups) if names != [None] else np.full(len(values), None)
+    markers = "o^sDvP*X"
     for ax, (a, b) in zip(axes, pairs):
-        ax.scatter(values[~front, a], values[~front, b], s=36, facecolors="white", edgecolors="#999999",
-                   label="dominated", zorder=3)
-        ax.scatter(values[front, a], values[front, b], s=42, color="#1f4e79", label="on the front", zorder=4)
+        for g, name in enumerate(names):
+            here = member == name
+            colour = "#1f4e79" if name is None else PALETTE[g % len(PALETTE)]
+            marker = "o" if name is None else markers[g % len(markers)]
+            on, off = here & front, here & ~front
+            ax.scatter(values[off, a], values[off, b], s=36, facecolors="white", marker=marker,
+                       edgecolors="#999999" if name is None else colour, zorder=3,
+                       label="dominated" if name is None else None)
+            ax.scatter(values[on, a], values[on, b], s=42, color=colour, marker=marker, zorder=4,
+                       label="on the front" if name is None else name)
         if k == 2 and front.sum() > 1:
             f = values[front][np.argsort(values[front, a])]
-            ax.plot(f[:, a], f[:, b], color="#1f4e79", linewidth=1, zorder=2)
+            ax.plot(f[:, a], f[:, b], color="#555555", linewidth=1, zorder=2)
         if len(labels) <= 24:
             _label_points(ax, values[:, a], values[:, b], labels)
         for axis, o in ((ax.xaxis, objectives[a]), (ax.yaxis, objectives[b])):
@@ -381,7 +393,14 @@ def pareto_plot(values: np.ndarray, objectives: Sequence[str], on_front: Sequenc
         if not HIGHER_IS_BETTER.get(objectives[b].rpartition(".")[2], True):
             ax.invert_yaxis()
         _style(ax)
-    axes[0].legend(fontsize=7, frameon=False, loc="lower left")
+    if names != [None]:  # a legend entry per group, filled; hollow means dominated
+        handles = [Line2D([], [], marker=markers[g % len(markers)], color=PALETTE[g % len(PALETTE)],
+                          linestyle="none", label=name) for g, name in enumerate(names)]
+        handles.append(Line2D([], [], marker="o", markerfacecolor="white", markeredgecolor="#777777",
+                              linestyle="none", label="hollow: dominated"))
+        axes[0].legend(handles=handles, fontsize=7, frameon=False, loc="lower left")
+    else:
+        axes[0].legend(fontsize=7, frameon=False, loc="lower left")
     if hypervolume is not None and math.isfinite(hypervolume):
         fig.suptitle(f"hypervolume {hypervolume:.4g}", fontsize=10)
     return fig
