@@ -311,3 +311,23 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # the embedded figures were decoded and drawn: the first task's line colour (only in figures) is on screen
     blue = np.array([0x1f, 0x77, 0xb4]) / 255
     assert (np.abs(rgb - blue).max(axis=-1) < 0.08).sum() > 200
+
+
+def test_python_api_run_with_many_tasks_and_odd_names(tmp_path):
+    """A run directory of Trainer(run_dir=...) (metrics.jsonl and trainer.json only), eight tasks, one of
+    them named with HTML's special characters."""
+    run = tmp_path / "api"
+    run.mkdir()
+    tasks = [f"t{k}" for k in range(7)] + ["a<b>&c"]
+    lines = [{"epoch": e, "train_loss": {t: 1.0 / (e + k) for k, t in enumerate(tasks)},
+              "weights": {t: 1.0 for t in tasks}, "val_loss": {t: 1.0 / e for t in tasks},
+              "val": {t: {"mse": 1.0 / e} for t in tasks}, "seconds": 0.5, **({"best": True} if e == 2 else {})}
+             for e in (1, 2)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    (run / "trainer.json").write_text("{}")
+    page = write_run_report(run).read_text()
+    assert "<h1>api: 8 tasks</h1>" in page and "Written by the Python API" in page
+    assert "from metrics.jsonl;" in page
+    assert "a&lt;b&gt;&amp;c" in page and "a<b>" not in page
+    assert "8: t0, t1, t2, ..., a&lt;b&gt;&amp;c" in page  # many tasks: counted, not all listed
+    assert (run / "figures" / "losses.png").exists() and (run / "figures" / "validation.png").exists()

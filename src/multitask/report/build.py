@@ -107,7 +107,13 @@ def _facts(run: Run) -> list[tuple[str, str]]:
     final, cfg = run.final or {}, run.config or {}
     tasks = run.task_names
     kinds = {t.get("name"): t.get("kind") for t in run.tasks}
-    items = [("tasks", ", ".join(f"{t} ({kinds[t]})" if kinds.get(t) else t for t in tasks) or "?"),
+    kinds_seen = {kinds.get(t) for t in tasks}
+    if len(tasks) > 4:  # many tasks: their number, the first and last names, and the kinds
+        shown = f"{len(tasks)}: {', '.join(tasks[:3])}, ..., {tasks[-1]}"
+        shown += f" ({', '.join(sorted(k for k in kinds_seen if k))})" if any(kinds_seen) else ""
+    else:
+        shown = ", ".join(f"{t} ({kinds[t]})" if kinds.get(t) else t for t in tasks) or "?"
+    items = [("tasks", shown),
              ("model", _options(cfg.get("model")) if cfg else str(final.get("model", "?"))),
              ("balancer", _options(cfg.get("balancer")) if cfg else str(final.get("balancer", "?")))]
     epochs = final.get("epochs", run.history[-1]["epoch"] if run.history else None)
@@ -139,7 +145,9 @@ def run_blocks(run: Run, figs: Figures, prefix: str = "") -> list[html.Block]:
     worse = {k: v for k, v in change.items() if v < 0}
     if _baseline(final):
         if worse:
-            listed = ", ".join(f"{k} {100 * v:+.2f}%" for k, v in sorted(worse.items(), key=lambda kv: kv[1]))
+            ranked = sorted(worse.items(), key=lambda kv: kv[1])
+            listed = ", ".join(f"{k} {100 * v:+.2f}%" for k, v in ranked[:8])
+            listed += f" and {len(ranked) - 8} more (see the table)" if len(ranked) > 8 else ""
             blocks.append(html.callout(f"Negative transfer: sharing made {len(worse)} of {len(change)} test metrics "
                                        f"worse than the single-task networks: {listed}."))
         else:
@@ -148,6 +156,10 @@ def run_blocks(run: Run, figs: Figures, prefix: str = "") -> list[html.Block]:
     elif final:
         blocks.append(html.text("No single-task baseline was recorded (set `baselines: auto` in the config to "
                                 "train one and see Δm and negative transfer).", cls="note"))
+    elif run.config is None and (run.path / "trainer.json").exists():
+        blocks.append(html.text("Written by the Python API (Trainer(run_dir=...)), which records epochs but no "
+                                "test metrics: the table shows the validation metrics of the best epoch.",
+                                cls="note"))
     else:
         blocks.append(html.callout("This run did not finish (no final.json): the table shows the validation "
                                    "metrics of its best epoch."))
@@ -207,6 +219,8 @@ def run_blocks(run: Run, figs: Figures, prefix: str = "") -> list[html.Block]:
 def _title(run: Run) -> str:
     final = run.final or {}
     cfg = run.config or {}
+    if not final and not cfg:  # a Python API run directory: no record of the data, model or balancer
+        return f"{run.name}: {len(run.task_names)} tasks"
     dataset = final.get("dataset") or (cfg.get("data") or {}).get("name") or run.name
     model = final.get("model") or (cfg.get("model") or {}).get("name", "?")
     balancer = final.get("balancer") or (cfg.get("balancer") or {}).get("name", "?")
@@ -315,9 +329,10 @@ def build(runs: Sequence[Run], objectives: Sequence[str] | None = None, split: s
         subtitle = (f"{len(runs)} runs in {runs[0].path.parent}: " + ", ".join(r.path.name for r in runs)
                     if len(parents) == 1 else f"{len(runs)} runs: " + ", ".join(str(r.path) for r in runs))
         title = title or f"{len(runs)} runs compared"
-    footer = "Written by `multitask report` from the run directories' final.json, metrics.jsonl, config.yaml" + \
-             (" and diagnostics.jsonl" if any(r.diagnostics for r in runs) else "") + \
-             "; each figure is also saved as a PNG beside this page."
+    read = [f for f in ("final.json", "metrics.jsonl", "config.yaml", "tasks.json", "diagnostics.jsonl")
+            if any((r.path / f).exists() for r in runs)]
+    footer = (f"Written by `multitask report` from {', '.join(read)}; each figure is also saved as a PNG in the "
+              "figures folder beside this page.")
     return html.page(title, subtitle, blocks, footer), figs
 
 

@@ -17,7 +17,8 @@ from multitask.metrics import HIGHER_IS_BETTER
 from multitask.report.aggregate import AffinitySummary, GradientSummary, smooth
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
-           "#d62728"]
+           "#d62728", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#9edae5", "#dbdb8d",
+           "#393b79", "#637939"]
 WORSE, BETTER = "#c62828", "#2e7d32"
 WIDTH = 8.0  # inches; at DPI this is the width of the report's column
 DPI = 110
@@ -45,6 +46,16 @@ def _style(ax: Any) -> None:
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     ax.tick_params(labelsize=8)
+
+
+def _task_legend(fig: Figure, ax: Any, n: int) -> None:
+    """A legend of the tasks: inside the axes for a few, beside the figure for many (it would hide the lines)."""
+    if n <= 6:
+        ax.legend(fontsize=8, frameon=False)
+    else:
+        handles, labels = ax.get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=7, frameon=False, loc="outside right upper",
+                   ncol=1 if n <= 16 else 2)
 
 
 def _arrow(metric: str) -> str:
@@ -101,7 +112,7 @@ def loss_curves(history: Sequence[dict], tasks: Sequence[str]) -> Figure:
         ax.set_xlabel("epoch", fontsize=9)
         _style(ax)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[0].legend(fontsize=8, frameon=False)
+    _task_legend(fig, axes[0], len(tasks))
     return fig
 
 
@@ -173,7 +184,7 @@ def weights_over_time(history: Sequence[dict], tasks: Sequence[str], grads: Grad
         return None
     ax.set_ylabel("weight", fontsize=9)
     _style(ax)
-    ax.legend(fontsize=8, frameon=False)
+    _task_legend(fig, ax, len(tasks))
     return fig
 
 
