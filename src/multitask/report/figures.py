@@ -216,7 +216,10 @@ def delta_m_bars(changes: dict[str, float], delta_m: float | None) -> Figure:
 
 def _heatmap(ax: Any, matrix: np.ndarray, tasks: Sequence[str], cmap: str, vmin: float, vmax: float,
              fmt: str) -> Any:
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=vmin, vmax=vmax)
+    from matplotlib import colormaps
+
+    shade = colormaps[cmap].with_extremes(bad="#eeeeee")  # the diagonal and missing pairs: grey, not 0
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=shade, vmin=vmin, vmax=vmax)
     n = len(tasks)
     ax.set_xticks(range(n), tasks, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center", fontsize=8)
     ax.set_yticks(range(n), tasks, fontsize=8)
