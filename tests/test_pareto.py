@@ -292,6 +292,16 @@ def test_sweep_end_to_end(tmp_path, capsys):
     assert main(["sweep", str(cfg), "--preferences", "3", "--out", str(out)]) == 2  # already holds a sweep
     assert "--overwrite" in capsys.readouterr().err
     assert not (out / "pref-00" / "report.html").exists()  # MULTITASK_NO_REPORT (conftest) skips run reports
+    # an interrupted sweep: --resume keeps what finished with the same config and trains the rest
+    kept = (out / "pref-00" / "final.json").read_text()
+    stamp = (out / "pref-00" / "final.json").stat().st_mtime_ns
+    (out / "pref-02" / "final.json").unlink()
+    assert main(["sweep", str(cfg), "--preferences", "3", "--out", str(out), "--resume"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("finished before, kept") == 2 and "keeping the finished baselines" in text
+    assert (out / "pref-00" / "final.json").stat().st_mtime_ns == stamp and (out / "pref-02" / "final.json").exists()
+    assert json.loads((out / "sweep.json").read_text())["front"]["values"][0] == pytest.approx(
+        front_summary([json.loads(kept)], front["objectives"])["values"][0])
     (out / "report.html").unlink()
     assert main(["report", str(out), "--objectives", "marital.auc,income.auc"]) == 0  # a sweep dir: its runs
     assert "3 runs compared" in (out / "report.html").read_text()
@@ -320,6 +330,9 @@ def test_sweep_with_epo_and_bad_input(tmp_path, capsys, monkeypatch):
     assert "at least 2" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         pareto.sweep(cfg, 3, tmp_path / "y", method="nope")
+    assert main(["sweep", str(cfg), "--preferences", "2", "--out", str(tmp_path / "z"), "--objectives",
+                 "income.auc,marrital.auc"]) == 2  # before any training
+    assert "marrital.auc" in capsys.readouterr().err and not (tmp_path / "z" / "pref-00").exists()
 
 
 def test_epo_options_are_checked_before_any_work(tmp_path, no_work):

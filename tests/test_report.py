@@ -331,3 +331,16 @@ def test_python_api_run_with_many_tasks_and_odd_names(tmp_path):
     assert "a&lt;b&gt;&amp;c" in page and "a<b>" not in page
     assert "8: t0, t1, t2, ..., a&lt;b&gt;&amp;c" in page  # many tasks: counted, not all listed
     assert (run / "figures" / "losses.png").exists() and (run / "figures" / "validation.png").exists()
+
+
+def test_without_matplotlib_the_report_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from multitask.cli import main
+
+    run = make_run(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    with pytest.raises(ConfigError, match=r"pip install 'multitask\[plots\]'"):
+        write_run_report(run)
+    assert main(["report", str(run)]) == 2
+    assert "matplotlib" in capsys.readouterr().err

@@ -84,11 +84,15 @@ def _sweep(args: argparse.Namespace) -> int:
     from multitask import pareto
 
     out = Path(args.out)
-    if (out / "sweep.json").exists() and not args.overwrite:
-        raise ConfigError(f"{out} already holds a sweep: pass --overwrite to start again, or --out elsewhere")
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume keeps the finished runs and --overwrite trains them again: give one")
+    if (out / "sweep.json").exists() and not (args.overwrite or args.resume):
+        raise ConfigError(f"{out} already holds a sweep: pass --overwrite to start again, --resume to keep its "
+                          "finished runs, or --out elsewhere")
     record = pareto.sweep(args.config, args.preferences, out, method=args.method, overrides=args.set or [],
                           objectives=_objectives(args.objectives), split=args.split,
-                          run_reports=not os.environ.get("MULTITASK_NO_REPORT"), interior=args.interior)
+                          run_reports=not os.environ.get("MULTITASK_NO_REPORT"), interior=args.interior,
+                          resume=args.resume)
     print()
     print(pareto.format_front(record))
     print(f"\nsweep directory: {out} (sweep.json, one run per preference)")
@@ -337,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--objectives", metavar="T.M,T.M[,T.M]", help="metrics of the front (default: each task's first)")
     sw.add_argument("--split", choices=["test", "val"], default="test", help="metrics of the front (default test)")
     sw.add_argument("--overwrite", action="store_true", help="start again in an existing sweep directory")
+    sw.add_argument("--resume", action="store_true",
+                    help="keep the runs an interrupted sweep finished with the same config; train the rest")
     sw.set_defaults(fn=_sweep)
 
     m = sub.add_parser("methods", help="list balancing methods and models")

@@ -226,12 +226,14 @@ def preference_config(raw: dict[str, Any], tasks: Sequence[str], preference: Seq
 
 def sweep(config_path: str | Path, n: int, out: str | Path, method: str = "linear",
           overrides: Sequence[str] = (), objectives: Sequence[str] | None = None, split: str = "test",
-          report: bool = True, run_reports: bool = True, interior: bool = False) -> dict[str, Any]:
+          report: bool = True, run_reports: bool = True, interior: bool = False,
+          resume: bool = False) -> dict[str, Any]:
     """Train one run per preference vector of `simplex_grid` into `out/pref-XX`, the single-task baselines once
     (into `out/baseline`, when the config asks for them), and write `out/sweep.json` (preferences, runs, the
     front and its hypervolume) and `out/report.html` with the Pareto plot (`report`), and each run's own
     report.html (`run_reports`; a failure there is a warning). `interior` keeps the grid off the simplex's faces
-    (no task weighted 0; always so for EPO). Returns the sweep record."""
+    (no task weighted 0; always so for EPO). `resume` keeps the runs (and baseline) of an interrupted sweep
+    that finished with the same config, and trains the others. Returns the sweep record."""
     from multitask import config as cfgmod
     from multitask import experiment
     from multitask.config import ConfigError
@@ -247,21 +249,34 @@ def sweep(config_path: str | Path, n: int, out: str | Path, method: str = "linea
         prefs = simplex_grid(len(bundle_tasks), n, interior=interior or method == "epo")
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    for o in objectives or ():  # checked before any training: a typo must not cost a whole sweep
+        task, _, metric = o.partition(".")
+        if task not in bundle_tasks or metric not in HIGHER_IS_BETTER:
+            raise ConfigError(f"--objectives: {o!r} is not TASK.METRIC with a task of this config "
+                              f"({', '.join(bundle_tasks)}) and a metric ({', '.join(HIGHER_IS_BETTER)})")
     raw = cfg.model_dump(mode="json")
     baseline = None
     if cfg.baselines == "auto" and cfg.model.name != "independent":
-        print(f"[multitask] sweep: single-task baselines once, into {out / 'baseline'}")
-        experiment.run(experiment.baseline_config(cfg), out / "baseline")
+        base_cfg = experiment.baseline_config(cfg)
+        if resume and _finished(out / "baseline", base_cfg):
+            print(f"[multitask] sweep: keeping the finished baselines in {out / 'baseline'}")
+        else:
+            print(f"[multitask] sweep: single-task baselines once, into {out / 'baseline'}")
+            experiment.run(base_cfg, out / "baseline")
         baseline = str(out / "baseline" / "final.json")
     runs = []
     for k, p in enumerate(prefs):
         run_cfg = cfgmod.validate(preference_config(raw, bundle_tasks, p, method, baseline))
         run_dir = out / f"pref-{k:02d}"
         shown = ", ".join(f"{t}={v:.2f}" for t, v in zip(bundle_tasks, p))
-        print(f"[multitask] sweep {k + 1}/{len(prefs)}: preference {shown}")
-        final = experiment.run(run_cfg, run_dir)
-        if run_reports:
-            _run_report(run_dir)
+        if resume and _finished(run_dir, run_cfg):
+            print(f"[multitask] sweep {k + 1}/{len(prefs)}: preference {shown}: finished before, kept")
+            final = experiment.read_final(run_dir / "final.json")
+        else:
+            print(f"[multitask] sweep {k + 1}/{len(prefs)}: preference {shown}")
+            final = experiment.run(run_cfg, run_dir)
+            if run_reports:
+                _run_report(run_dir)
         runs.append({"dir": run_dir.name, "preference": dict(zip(bundle_tasks, map(float, p))), "final": final})
     names = objective_names(runs[0]["final"], objectives, split)
     front = front_summary([r["final"] for r in runs], names, split)
@@ -276,6 +291,19 @@ def sweep(config_path: str | Path, n: int, out: str | Path, method: str = "linea
         write_report([out / r["dir"] for r in runs], out / "report.html", objectives=names, split=split,
                      title=f"Preference sweep ({method}) of {Path(config_path).name}")
     return record
+
+
+def _finished(run_dir: Path, cfg: Any) -> bool:
+    """Whether `run_dir` holds a finished run (final.json) of exactly this config."""
+    from multitask import config as cfgmod
+
+    saved = run_dir / "config.yaml"
+    if not (run_dir / "final.json").exists() or not saved.exists():
+        return False
+    try:
+        return saved.read_text(encoding="utf-8") == cfgmod.dump(cfg)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _run_report(run_dir: Path) -> None:
