@@ -113,7 +113,11 @@ def test_no_negative_transfer_and_no_baseline(tmp_path):
 
 def test_fixed_weights_are_stated_not_plotted(tmp_path):
     run = make_run(tmp_path / "run", weights=[{"income": 0.3, "marital": 0.7}] * 3)
+    (run / "figures").mkdir()
+    (run / "figures" / "weights.png").write_bytes(b"an earlier run's figure")  # a run written again
+    (run / "figures" / "mine.png").write_bytes(b"a user's file")
     page = write_run_report(run).read_text()
+    assert (run / "figures" / "mine.png").exists()
     assert "did not change during training: income 0.3, marital 0.7" in page
     assert not (run / "figures" / "weights.png").exists()
 
@@ -125,6 +129,9 @@ def test_diagnostics_sections_appear_with_the_file(tmp_path):
     assert "Gradient conflict" in page and "Task affinity" in page
     names = {p.name for p in (run / "figures").iterdir()}
     assert {"conflict.png", "conflict_trend.png", "affinity.png", "affinity_trend.png"} <= names
+    from multitask.report.build import FIGURE_FILES
+
+    assert names <= set(FIGURE_FILES)  # every figure is one a later report knows to replace or remove
     assert len(_images(page)) == 8
     assert "over 6 logged steps" in page and "3 measurements" in page
 
@@ -191,7 +198,7 @@ def test_several_runs_comparison_and_pareto(tmp_path):
     out = write_report(runs, tmp_path / "cmp.html")
     page = out.read_text()
     assert "5 runs compared" in page and "Pareto front" in page
-    assert (tmp_path / "figures" / "pareto.png").exists() and (tmp_path / "figures" / "compared_validation.png").exists()
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == {"pareto.png", "compared_validation.png"}
     rows = re.findall(r"<tr( class=\"front\")?><td class=\"text\">(pref-\d)</td>", page)
     assert {name for cls, name in rows if cls} == {"pref-0", "pref-1", "pref-2", "pref-4"}  # pref-3 is dominated
     # hypervolume with the default reference (worst - 10% of the range, in costs): auc 0.79 on both axes

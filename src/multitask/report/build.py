@@ -12,6 +12,10 @@ from multitask.report import html
 from multitask.report.runs import Run, load_runs
 
 Figures = dict[str, bytes]  # file name -> PNG
+# every figure file a report may write: the ones a new report does not draw are removed from its folder, so
+# that a run written again (--overwrite) leaves no stale figure of the earlier run
+FIGURE_FILES = ("losses.png", "validation.png", "weights.png", "delta_m.png", "conflict.png", "conflict_trend.png",
+                "affinity.png", "affinity_trend.png", "pareto.png", "compared_validation.png")
 
 
 def _fmt(v: Any, spec: str = ".4f") -> str:
@@ -360,6 +364,9 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path, figures_dir: s
         folder.mkdir(parents=True, exist_ok=True)
         for name, data in figs.items():
             write_atomic(folder / name, lambda f, d=data: f.write(d))
+    for name in FIGURE_FILES:
+        if name not in figs and folder.is_dir():
+            (folder / name).unlink(missing_ok=True)
     write_text_atomic(out, page)
     return out
 
