@@ -65,6 +65,15 @@ def write_diagnostics(path, steps=6):
     (path / "diagnostics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
+@pytest.fixture
+def fast_png(monkeypatch):
+    """Figures are built but not rasterised (a fixed PNG signature stands in): for tests of the page's logic;
+    the real rendering is checked by the tests without this fixture and in the browser."""
+    from multitask.report import figures
+
+    monkeypatch.setattr(figures, "png", lambda fig: b"\x89PNG\r\n\x1a\n" + fig.get_axes()[0].get_title().encode())
+
+
 def _images(page):
     return re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
 
@@ -101,7 +110,7 @@ def test_single_run_report_is_self_contained_and_shows_negative_transfer(tmp_pat
     assert "Gradient conflict" not in page and "Task affinity" not in page
 
 
-def test_no_negative_transfer_and_no_baseline(tmp_path):
+def test_no_negative_transfer_and_no_baseline(tmp_path, fast_png):
     good = make_run(tmp_path / "good", base={"income": {"auc": 0.8, "f1": 0.4}, "marital": {"auc": 0.9, "f1": 0.8}})
     page = write_run_report(good).read_text()
     assert "No negative transfer" in page and 'class="neg"' not in page
@@ -111,7 +120,7 @@ def test_no_negative_transfer_and_no_baseline(tmp_path):
     assert "delta_m.png" not in {p.name for p in (none / "figures").iterdir()}
 
 
-def test_fixed_weights_are_stated_not_plotted(tmp_path):
+def test_fixed_weights_are_stated_not_plotted(tmp_path, fast_png):
     run = make_run(tmp_path / "run", weights=[{"income": 0.3, "marital": 0.7}] * 3)
     (run / "figures").mkdir()
     (run / "figures" / "weights.png").write_bytes(b"an earlier run's figure")  # a run written again
@@ -229,7 +238,7 @@ def test_not_a_run_is_a_config_error(tmp_path):
         write_report([tmp_path / "run"], tmp_path)
 
 
-def test_unfinished_run_shows_its_best_validation_epoch(tmp_path):
+def test_unfinished_run_shows_its_best_validation_epoch(tmp_path, fast_png):
     run = make_run(tmp_path / "run")
     (run / "final.json").unlink()
     page = write_run_report(run).read_text()
@@ -237,7 +246,7 @@ def test_unfinished_run_shows_its_best_validation_epoch(tmp_path):
     assert "0.8900" in page  # income.auc at the best epoch (2): 0.90 - 0.01
 
 
-def test_cli_report(tmp_path, capsys):
+def test_cli_report(tmp_path, capsys, fast_png):
     from multitask.cli import main
 
     a, b = make_run(tmp_path / "a"), make_run(tmp_path / "b")
@@ -320,7 +329,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert (np.abs(rgb - blue).max(axis=-1) < 0.08).sum() > 200
 
 
-def test_python_api_run_with_many_tasks_and_odd_names(tmp_path):
+def test_python_api_run_with_many_tasks_and_odd_names(tmp_path, fast_png):
     """A run directory of Trainer(run_dir=...) (metrics.jsonl and trainer.json only), eight tasks, one of
     them named with HTML's special characters."""
     run = tmp_path / "api"
