@@ -1,0 +1,219 @@
+"""torch.distributed (gloo, 2 CPU processes): every balancer, in both modes where it has them, trained by 2 ranks
+on a batch split in two gives the weights and parameters of 1 process on the whole batch; the ranks agree
+exactly; a 2-rank resume equals an uninterrupted run; a rank that dies ends the run with a clear error and
+leaves the last checkpoint intact.
+
+The two processes are started once (module fixture) and loop over every case; the 1-process references run
+in the test process afterwards."""
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from conftest import synthetic
+from multitask import HardSharing, InputSchema, Trainer
+from multitask.balancing import BALANCERS, GradientBalancer
+from multitask.errors import DistributedError
+from multitask.training import Callback, StopTraining
+from multitask.training.checkpoint import load_checkpoint
+
+WORLD = 2
+STEPS_EPOCHS = 2  # epochs of the equality runs (4 steps each: DWA's epoch statistics are used too)
+
+
+def cases() -> list[tuple[str, str | None]]:
+    """(method, mode): every balancer, both modes for the gradient-based ones."""
+    out = []
+    for name, cls in BALANCERS.items():
+        for mode in (("parameters", "features") if issubclass(cls, GradientBalancer) else (None,)):
+            out.append((name, mode))
+    return out
+
+
+def batches() -> list:
+    """Two global batches of 7 rows in a fixed order (shards of 4 and 3 rows): in the first, task 'bin' has no
+    labels on rank 1's rows; in the second, 'reg' has none at all and 'cls' only on rank 0's rows."""
+    tasks, data = synthetic(n=14, seed=3)
+    y = {t: v.clone() for t, v in data.targets.items()}
+    y["bin"][4:7] = float("nan")
+    y["reg"][7:14] = float("nan")
+    y["cls"][11:14] = -1
+    return tasks, [(data.inputs[a:b], {t: v[a:b] for t, v in y.items()}) for a, b in ((0, 7), (7, 14))]
+
+
+class Record(Callback):
+    """The balancer's weights after every step."""
+
+    def __init__(self) -> None:
+        self.weights: list[dict[str, float]] = []
+
+    def on_step_end(self, trainer, info) -> None:
+        self.weights.append(trainer.balancer.weights())
+
+
+def _model(tasks, dropout: float = 0.0):
+    torch.manual_seed(0)
+    return HardSharing.tabular(tasks, InputSchema(8), hidden=(16,), head_hidden=(8,), dropout=dropout,
+                               batch_norm=False)  # rows processed independently: the exactness condition
+
+
+def run_case(name: str, mode: str | None) -> dict:
+    """Train one case (in whatever process group is current) and return its weights per step and final state."""
+    tasks, data = batches()
+    balancer = BALANCERS[name](tasks, **({"mode": mode} if mode else {}))
+    rec = Record()
+    trainer = Trainer(_model(tasks), tasks, balancer, epochs=STEPS_EPOCHS, lr=1e-2, progress=False)
+    trainer.fit(data, callbacks=[rec])
+    state = {f"model.{k}": v.clone() for k, v in trainer.model.state_dict().items()}
+    state.update({f"balancer.{k}": v.clone() for k, v in trainer.balancer.state_dict().items()
+                  if isinstance(v, torch.Tensor) and v.is_floating_point()})
+    return {"weights": rec.weights, "state": state}
+
+
+def run_planned(run_dir: Path | None, epochs: int, stop_after: int | None = None, resume: bool = False,
+                die_at: tuple[int, int] | None = None) -> Trainer:
+    """A shuffled in-memory run (dropout on, PCGrad's random orders) with checkpoints: the resume and crash
+    scenarios. `die_at=(epoch, step)`: rank 1 exits abruptly there."""
+    tasks, data = synthetic(n=40, seed=1, missing=0.2)
+    trainer = Trainer(_model(tasks, dropout=0.2), tasks, BALANCERS["pcgrad"](tasks, mode="features"),
+                      epochs=epochs, batch_size=10, lr=1e-2, progress=False, run_dir=run_dir)
+
+    class Stop(Callback):
+        def on_step_start(self, tr, inputs, targets, masks) -> None:
+            if die_at is not None and tr.dist is not None and tr.dist.rank == 1 and \
+                    (tr.epoch, tr.global_step) >= die_at:
+                os._exit(3)  # a crash: no exception, no clean-up
+
+        def on_epoch_end(self, tr, record) -> None:
+            if stop_after is not None and record["epoch"] == stop_after:
+                raise StopTraining
+
+    trainer.fit(data.subset(torch.arange(30)), data.subset(torch.arange(30, 40)), resume=resume, callbacks=[Stop()])
+    return trainer
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    """One rank: every case, then the resume scenario, then the crash scenario (rank 1 dies)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import datetime
+
+    import torch.distributed as dist
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    out_dir = Path(out)
+    try:
+        results = {}
+        for name, mode in cases():
+            try:
+                results[(name, mode)] = run_case(name, mode)
+            except Exception:  # recorded: the test names the case
+                results[(name, mode)] = {"error": traceback.format_exc()}
+        torch.save(results, out_dir / f"cases{rank}.pt")
+        straight = run_planned(out_dir / "straight", epochs=3)
+        run_planned(out_dir / "resumed", epochs=3, stop_after=1)
+        resumed = run_planned(out_dir / "resumed", epochs=3, resume=True)
+        evals = [t.evaluate(synthetic(n=40, seed=1, missing=0.2)[1])["metrics"] for t in (straight, resumed)]
+        torch.save(evals, out_dir / f"evals{rank}.pt")
+        try:
+            run_planned(out_dir / "crash", epochs=3, die_at=(1, 5))  # epoch 2, after the first checkpoint
+            (out_dir / f"crash{rank}.txt").write_text("no error")
+        except DistributedError as e:
+            (out_dir / f"crash{rank}.txt").write_text(f"DistributedError: {e}")
+            raise SystemExit(1)
+    finally:
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:
+                pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, str(out))) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    codes = [p.exitcode for p in procs]
+    return out, codes
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / max(float(b.norm()), 1e-12))
+
+
+def test_two_ranks_equal_one_process_for_every_balancer(ranks):
+    out, _ = ranks
+    got = torch.load(out / "cases0.pt", weights_only=False)
+    other = torch.load(out / "cases1.pt", weights_only=False)
+    assert len(got) == len(cases()) == 30  # 19 methods, 11 of them with two modes
+    bad = []
+    for (name, mode), res in got.items():
+        if "error" in res:
+            bad.append(f"{name}/{mode}: {res['error']}")
+            continue
+        # the ranks agree exactly: the same weights and the same parameters on both
+        if res["weights"] != other[(name, mode)]["weights"]:
+            bad.append(f"{name}/{mode}: ranks' weights differ")
+        if any(not torch.equal(v, other[(name, mode)]["state"][k]) for k, v in res["state"].items()):
+            bad.append(f"{name}/{mode}: ranks' parameters differ")
+        ref = run_case(name, mode)  # one process, whole batches
+        assert len(ref["weights"]) == len(res["weights"]) == 2 * STEPS_EPOCHS
+        for step, (w, v) in enumerate(zip(res["weights"], ref["weights"])):
+            err = _rel(torch.tensor([w[t] for t in v]), torch.tensor(list(v.values())))
+            if err > 1e-5:
+                bad.append(f"{name}/{mode}: weights of step {step + 1} differ by {err:.2g} ({w} vs {v})")
+        for k, v in ref["state"].items():
+            err = _rel(res["state"][k], v)
+            if err > 1e-5:
+                bad.append(f"{name}/{mode}: {k} differs by {err:.2g}")
+    assert not bad, "\n".join(bad)
+
+
+def test_resume_of_a_two_rank_run_equals_an_uninterrupted_one(ranks):
+    out, _ = ranks
+    a = load_checkpoint(out / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(out / "resumed" / "checkpoints" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3 and len(a["rng_ranks"]) == WORLD
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert torch.equal(a["balancer_rng"], b["balancer_rng"])
+    assert len((out / "resumed" / "metrics.jsonl").read_text().splitlines()) == 3
+    evals = [torch.load(out / f"evals{r}.pt", weights_only=False) for r in range(WORLD)]
+    assert evals[0] == evals[1] and evals[0][0] == evals[0][1]  # gathered metrics: the same on every rank
+
+
+def test_a_dead_rank_ends_the_run_with_a_clear_error_and_an_intact_checkpoint(ranks, tmp_path):
+    out, codes = ranks
+    assert codes == [1, 3], codes  # rank 1 died (exit 3); rank 0 stopped with an error (exit 1), no hang
+    text = (out / "crash0.txt").read_text()
+    assert text.startswith("DistributedError: rank 0 of 2") and "--resume" in text, text
+    state = load_checkpoint(out / "crash" / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1
+    assert not list((out / "crash" / "checkpoints").glob("*.tmp"))
+    # the 2-rank checkpoint resumes in one process (rank 0's generator state; the global batch is the same)
+    import shutil
+    shutil.copytree(out / "crash", tmp_path / "crash")
+    trainer = run_planned(tmp_path / "crash", epochs=2, resume=True)
+    assert trainer.epoch == 2
