@@ -217,3 +217,42 @@ def test_a_dead_rank_ends_the_run_with_a_clear_error_and_an_intact_checkpoint(ra
     shutil.copytree(out / "crash", tmp_path / "crash")
     trainer = run_planned(tmp_path / "crash", epochs=2, resume=True)
     assert trainer.epoch == 2
+
+
+def test_cli_nproc_runs_torchrun_and_matches_one_process(tmp_path, capsys):
+    """`multitask train CONFIG --nproc 2` (torchrun, gloo): final.json says how it was trained, and its
+    validation and test metrics (gathered over the ranks) equal one process's."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from multitask.cli import main
+
+    rng = np.random.default_rng(0)
+    n = 200
+    df = pd.DataFrame({"price": rng.normal(size=n).round(3), "hour": rng.integers(0, 24, n),
+                       "device": rng.choice(["ios", "android", "web"], n)})
+    df["click"] = (df["price"] + rng.normal(size=n) > 0).astype(float)
+    df["value"] = (df["price"] * 2 + df["hour"] / 10 + rng.normal(size=n)).round(3)
+    df.loc[rng.random(n) < 0.3, "value"] = np.nan  # missing labels: shares of a global mean over labelled rows
+    df.to_csv(tmp_path / "t.csv", index=False)
+    raw = {"data": {"name": "table", "path": str(tmp_path / "t.csv"),
+                    "targets": {"click": "binary", "value": "regression"}},
+           "model": {"name": "hard_sharing", "hidden": [8], "head_hidden": [4], "batch_norm": False},
+           "balancer": {"name": "pcgrad", "mode": "features"},
+           "trainer": {"epochs": 2, "batch_size": 25, "progress": False}, "baselines": "none"}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "one")]) == 0
+    assert main(["train", str(cfg), "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
+    one, two = (json.loads((tmp_path / d / "final.json").read_text()) for d in ("one", "two"))
+    assert (one["world_size"], one["per_rank_batch_size"]) == (1, 25)
+    assert (two["world_size"], two["per_rank_batch_size"]) == (2, 13)
+    for split in ("val", "test"):
+        for t, metrics in one[split].items():
+            for m, v in metrics.items():
+                assert two[split][t][m] == pytest.approx(v, rel=1e-5, abs=1e-7), (split, t, m)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "x"), "--nproc", "0"]) == 2
+    assert "--nproc must be >= 1" in capsys.readouterr().err
