@@ -20,31 +20,46 @@ from conftest import synthetic
 from multitask import HardSharing, InputSchema, Trainer
 from multitask.balancing import BALANCERS, GradientBalancer
 from multitask.errors import DistributedError
+from multitask.models import build_model
 from multitask.training import Callback, StopTraining
 from multitask.training.checkpoint import load_checkpoint
 
 WORLD = 2
-STEPS_EPOCHS = 2  # epochs of the equality runs (4 steps each: DWA's epoch statistics are used too)
+STEPS_EPOCHS = 2  # epochs of the equality runs (6 steps each: DWA's epoch statistics are used too)
 
 
-def cases() -> list[tuple[str, str | None]]:
-    """(method, mode): every balancer, both modes for the gradient-based ones."""
+# (method, mode, variant): the other paths of the engine and trainer, each with one or two methods
+VARIANTS = {
+    "cross_stitch": ({"model": "cross_stitch"}, {}),  # no shared representation: the joint path
+    "param_distance": ({"model": "param_distance", "strength": 0.1}, {}),  # a model's penalty on parameters
+    "every2": ({"every": 2}, {}),  # cached weights on the step in between
+    "accumulate": ({}, {"accumulate_shared": 14, "accumulate_task": 10}),  # UberNet-style accumulation
+    "grad_clip": ({}, {"grad_clip": 0.05}),
+}
+EXTRA = [("pcgrad", "parameters", "cross_stitch"), ("equal", None, "cross_stitch"),
+         ("mgda", "parameters", "param_distance"), ("uncertainty", None, "param_distance"),
+         ("mgda", "features", "every2"), ("upgrad", "parameters", "every2"),
+         ("equal", None, "accumulate"), ("mgda", "features", "accumulate"), ("cagrad", "parameters", "grad_clip")]
+
+
+def cases() -> list[tuple[str, str | None, str | None]]:
+    """(method, mode, variant): every balancer, both modes for the gradient-based ones, then the variants."""
     out = []
     for name, cls in BALANCERS.items():
         for mode in (("parameters", "features") if issubclass(cls, GradientBalancer) else (None,)):
-            out.append((name, mode))
-    return out
+            out.append((name, mode, None))
+    return out + EXTRA
 
 
 def batches() -> list:
-    """Two global batches of 7 rows in a fixed order (shards of 4 and 3 rows): in the first, task 'bin' has no
-    labels on rank 1's rows; in the second, 'reg' has none at all and 'cls' only on rank 0's rows."""
-    tasks, data = synthetic(n=14, seed=3)
+    """Three global batches in a fixed order: 7 rows (shards of 4 and 3), task 'bin' without labels on rank 1's
+    rows; 7 rows, 'reg' without labels at all and 'cls' only on rank 0's rows; 1 row (rank 1's shard empty)."""
+    tasks, data = synthetic(n=15, seed=3)
     y = {t: v.clone() for t, v in data.targets.items()}
     y["bin"][4:7] = float("nan")
     y["reg"][7:14] = float("nan")
     y["cls"][11:14] = -1
-    return tasks, [(data.inputs[a:b], {t: v[a:b] for t, v in y.items()}) for a, b in ((0, 7), (7, 14))]
+    return tasks, [(data.inputs[a:b], {t: v[a:b] for t, v in y.items()}) for a, b in ((0, 7), (7, 14), (14, 15))]
 
 
 class Record(Callback):
@@ -57,18 +72,24 @@ class Record(Callback):
         self.weights.append(trainer.balancer.weights())
 
 
-def _model(tasks, dropout: float = 0.0):
+def _model(tasks, dropout: float = 0.0, name: str = "hard_sharing", **options):
     torch.manual_seed(0)
+    if name != "hard_sharing":
+        return build_model(name, tasks, InputSchema(8), hidden=(16,), head_hidden=(8,), batch_norm=False, **options)
     return HardSharing.tabular(tasks, InputSchema(8), hidden=(16,), head_hidden=(8,), dropout=dropout,
                                batch_norm=False)  # rows processed independently: the exactness condition
 
 
-def run_case(name: str, mode: str | None) -> dict:
+def run_case(name: str, mode: str | None, variant: str | None = None) -> dict:
     """Train one case (in whatever process group is current) and return its weights per step and final state."""
     tasks, data = batches()
-    balancer = BALANCERS[name](tasks, **({"mode": mode} if mode else {}))
+    options, overrides = VARIANTS.get(variant, ({}, {}))
+    options = dict(options)
+    model = _model(tasks, name=options.pop("model", "hard_sharing"),
+                   **({"strength": options.pop("strength")} if "strength" in options else {}))
+    balancer = BALANCERS[name](tasks, **({"mode": mode} if mode else {}), **options)
     rec = Record()
-    trainer = Trainer(_model(tasks), tasks, balancer, epochs=STEPS_EPOCHS, lr=1e-2, progress=False)
+    trainer = Trainer(model, tasks, balancer, epochs=STEPS_EPOCHS, lr=1e-2, progress=False, **overrides)
     trainer.fit(data, callbacks=[rec])
     state = {f"model.{k}": v.clone() for k, v in trainer.model.state_dict().items()}
     state.update({f"balancer.{k}": v.clone() for k, v in trainer.balancer.state_dict().items()
@@ -110,11 +131,13 @@ def _worker(rank: int, port: int, out: str) -> None:
     out_dir = Path(out)
     try:
         results = {}
-        for name, mode in cases():
+        for case in cases():
             try:
-                results[(name, mode)] = run_case(name, mode)
-            except Exception:  # recorded: the test names the case
-                results[(name, mode)] = {"error": traceback.format_exc()}
+                results[case] = run_case(*case)
+            except Exception:  # recorded for the test to show; the ranks are out of step now: stop at once
+                results[case] = {"error": traceback.format_exc()}
+                torch.save(results, out_dir / f"cases{rank}.pt")
+                os._exit(4)
         torch.save(results, out_dir / f"cases{rank}.pt")
         straight = run_planned(out_dir / "straight", epochs=3)
         run_planned(out_dir / "resumed", epochs=3, stop_after=1)
@@ -167,27 +190,31 @@ def test_two_ranks_equal_one_process_for_every_balancer(ranks):
     out, _ = ranks
     got = torch.load(out / "cases0.pt", weights_only=False)
     other = torch.load(out / "cases1.pt", weights_only=False)
-    assert len(got) == len(cases()) == 30  # 19 methods, 11 of them with two modes
+    errors = [f"rank {r}, {c}: {res['error']}" for r, results in enumerate((got, other))
+              for c, res in results.items() if "error" in res]
+    assert not errors, "\n".join(errors)
+    assert len(got) == len(cases()) == 30 + len(EXTRA)  # 19 methods, 11 of them with two modes; variants
     bad = []
-    for (name, mode), res in got.items():
+    for (name, mode, variant), res in got.items():
+        label = f"{name}/{mode}" + (f"/{variant}" if variant else "")
         if "error" in res:
-            bad.append(f"{name}/{mode}: {res['error']}")
+            bad.append(f"{label}: {res['error']}")
             continue
         # the ranks agree exactly: the same weights and the same parameters on both
-        if res["weights"] != other[(name, mode)]["weights"]:
-            bad.append(f"{name}/{mode}: ranks' weights differ")
-        if any(not torch.equal(v, other[(name, mode)]["state"][k]) for k, v in res["state"].items()):
-            bad.append(f"{name}/{mode}: ranks' parameters differ")
-        ref = run_case(name, mode)  # one process, whole batches
-        assert len(ref["weights"]) == len(res["weights"]) == 2 * STEPS_EPOCHS
+        if res["weights"] != other[(name, mode, variant)]["weights"]:
+            bad.append(f"{label}: ranks' weights differ")
+        if any(not torch.equal(v, other[(name, mode, variant)]["state"][k]) for k, v in res["state"].items()):
+            bad.append(f"{label}: ranks' parameters differ")
+        ref = run_case(name, mode, variant)  # one process, whole batches
+        assert len(ref["weights"]) == len(res["weights"]) == 3 * STEPS_EPOCHS
         for step, (w, v) in enumerate(zip(res["weights"], ref["weights"])):
             err = _rel(torch.tensor([w[t] for t in v]), torch.tensor(list(v.values())))
             if err > 1e-5:
-                bad.append(f"{name}/{mode}: weights of step {step + 1} differ by {err:.2g} ({w} vs {v})")
+                bad.append(f"{label}: weights of step {step + 1} differ by {err:.2g} ({w} vs {v})")
         for k, v in ref["state"].items():
             err = _rel(res["state"][k], v)
             if err > 1e-5:
-                bad.append(f"{name}/{mode}: {k} differs by {err:.2g}")
+                bad.append(f"{label}: {k} differs by {err:.2g}")
     assert not bad, "\n".join(bad)
 
 

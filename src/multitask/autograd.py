@@ -543,7 +543,7 @@ class FactoredGradients(FeatureGradients):
 
     def stacked(self) -> list[Tensor]:
         F = _workspace(self.balancer, "F0", (len(self.sizes),) + tuple(self.like.shape), self.D)
-        rows = F.view(len(self.sizes), self.D.shape[0], -1)
+        rows = F.view(len(self.sizes), self.D.shape[0], self.W.shape[1])  # (explicit: a shard may have no rows)
         if self.D.shape[1] == len(self.sizes):  # one output per head: T' outer products in one broadcast
             torch.mul(self.D.T[:, :, None], self.W[:, None, :], out=rows)
         else:
