@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
@@ -91,10 +92,12 @@ class ProcessGroupReducer:
         self.row_share = 1.0
         self.bytes: dict[str, int] = defaultdict(int)
         self.calls: dict[str, int] = defaultdict(int)
+        self.seconds = 0.0  # wall time spent inside collectives (waiting for the other ranks included)
         self._reduced: set[int] = set()
 
     # ------------------------------------------------------------------ collectives, with a clear error
     def _run(self, what: str, fn: Callable[[], R]) -> R:
+        start = time.perf_counter()
         try:
             return fn()
         except DistributedError:
@@ -105,6 +108,8 @@ class ProcessGroupReducer:
                 f"rank {self.rank} of {self.world_size}: the {what} collective failed, so another rank of the run "
                 f"stopped (it crashed, was killed or raised an error; its own message says why). The last "
                 f"checkpoint written is intact: continue with --resume. ({detail})") from None
+        finally:
+            self.seconds += time.perf_counter() - start
 
     def _count(self, kind: str, t: Tensor) -> None:
         self.bytes[kind] += t.numel() * t.element_size()
