@@ -254,7 +254,7 @@ def test_a_dead_rank_ends_the_run_with_a_clear_error_and_an_intact_checkpoint(ra
     assert trainer.epoch == 2
 
 
-def test_cli_nproc_runs_torchrun_and_matches_one_process(tmp_path, capsys):
+def test_cli_nproc_runs_torchrun_and_matches_one_process(tmp_path, capfd):
     """`multitask train CONFIG --nproc 2` (torchrun, gloo): final.json says how it was trained, and its
     validation and test metrics (gathered over the ranks) equal one process's."""
     import json
@@ -281,7 +281,9 @@ def test_cli_nproc_runs_torchrun_and_matches_one_process(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     assert main(["train", str(cfg), "--out", str(tmp_path / "one")]) == 0
+    capfd.readouterr()
     assert main(["train", str(cfg), "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
+    assert capfd.readouterr().out.count("run directory:") == 1  # rank 0 alone prints
     one, two = (json.loads((tmp_path / d / "final.json").read_text()) for d in ("one", "two"))
     assert (one["world_size"], one["per_rank_batch_size"]) == (1, 25)
     assert (two["world_size"], two["per_rank_batch_size"]) == (2, 13)
@@ -290,4 +292,4 @@ def test_cli_nproc_runs_torchrun_and_matches_one_process(tmp_path, capsys):
             for m, v in metrics.items():
                 assert two[split][t][m] == pytest.approx(v, rel=1e-5, abs=1e-7), (split, t, m)
     assert main(["train", str(cfg), "--out", str(tmp_path / "x"), "--nproc", "0"]) == 2
-    assert "--nproc must be >= 1" in capsys.readouterr().err
+    assert "--nproc must be >= 1" in capfd.readouterr().err

@@ -29,11 +29,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.nproc is not None and args.nproc > 1 and not distributed.launched():
         return _launch(args.nproc, args.argv)
     distributed.init_from_env(cfg.trainer.device)  # inside torchrun: join its process group
+    main_rank = distributed.is_main()
     try:
         final = experiment.run(cfg, out, resume=bool(args.resume))
     finally:
         distributed.close()
-    if distributed.is_main():
+    if main_rank:
         print()
         print(report.summary(final))
         print(f"\nrun directory: {out}")
