@@ -17,7 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import synthetic
-from multitask import HardSharing, InputSchema, Trainer
+from multitask import HardSharing, InputSchema, MMoE, Trainer
 from multitask.balancing import BALANCERS, GradientBalancer
 from multitask.errors import DistributedError
 from multitask.models import build_model
@@ -35,11 +35,15 @@ VARIANTS = {
     "every2": ({"every": 2}, {}),  # cached weights on the step in between
     "accumulate": ({}, {"accumulate_shared": 14, "accumulate_task": 10}),  # UberNet-style accumulation
     "grad_clip": ({}, {"grad_clip": 0.05}),
+    "mmoe": ({"model": "mmoe"}, {}),  # a representation of two parts (inputs, experts [N, E, d])
+    "stacked": ({"model": "stacked"}, {}),  # no head entry layers: F kept as it is, not factored
 }
 EXTRA = [("pcgrad", "parameters", "cross_stitch"), ("equal", None, "cross_stitch"),
          ("mgda", "parameters", "param_distance"), ("uncertainty", None, "param_distance"),
          ("mgda", "features", "every2"), ("upgrad", "parameters", "every2"),
-         ("equal", None, "accumulate"), ("mgda", "features", "accumulate"), ("cagrad", "parameters", "grad_clip")]
+         ("equal", None, "accumulate"), ("mgda", "features", "accumulate"), ("cagrad", "parameters", "grad_clip"),
+         ("graddrop", "features", "mmoe"), ("db_mtl", "features", "mmoe"), ("mgda", "features", "mmoe"),
+         ("graddrop", "features", "stacked"), ("upgrad", "features", "stacked")]
 
 
 def cases() -> list[tuple[str, str | None, str | None]]:
@@ -74,6 +78,13 @@ class Record(Callback):
 
 def _model(tasks, dropout: float = 0.0, name: str = "hard_sharing", **options):
     torch.manual_seed(0)
+    if name == "mmoe":
+        return MMoE.tabular(tasks, InputSchema(8), n_experts=2, expert_hidden=(8,), tower_hidden=(4,),
+                            batch_norm=False)
+    if name == "stacked":
+        model = _model(tasks)
+        model.head_entries = lambda: None
+        return model
     if name != "hard_sharing":
         return build_model(name, tasks, InputSchema(8), hidden=(16,), head_hidden=(8,), batch_norm=False, **options)
     return HardSharing.tabular(tasks, InputSchema(8), hidden=(16,), head_hidden=(8,), dropout=dropout,
@@ -293,3 +304,13 @@ def test_cli_nproc_runs_torchrun_and_matches_one_process(tmp_path, capfd):
                 assert two[split][t][m] == pytest.approx(v, rel=1e-5, abs=1e-7), (split, t, m)
     assert main(["train", str(cfg), "--out", str(tmp_path / "x"), "--nproc", "0"]) == 2
     assert "--nproc must be >= 1" in capfd.readouterr().err
+
+
+def test_shards_cover_the_batch_in_order_like_tensor_split():
+    from multitask.training.distributed import shard_range
+
+    for n in range(0, 12):
+        for world in range(1, 5):
+            spans = [shard_range(n, r, world) for r in range(world)]
+            parts = torch.arange(n).tensor_split(world)
+            assert [torch.arange(a, b).tolist() for a, b in spans] == [p.tolist() for p in parts]

@@ -283,6 +283,10 @@ class Trainer:
 
     def _iterated(self, batches: Iterable[Any]) -> tuple[int | None, Iterator[tuple[Any, dict, dict]]]:
         """(steps if known, batches) of an iterable of (inputs, targets): each batch checked and masked."""
+        if self.dist is not None and isinstance(getattr(batches, "sampler", None),
+                                                torch.utils.data.DistributedSampler):
+            raise ValueError("under torch.distributed the trainer shards each global batch itself: give every rank "
+                             "the same loader of global batches, without a DistributedSampler")
         for obj in (batches, getattr(batches, "batch_sampler", None), getattr(batches, "sampler", None)):
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(self.epoch)
