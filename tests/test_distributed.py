@@ -7,6 +7,7 @@ The two processes are started once (module fixture) and loop over every case; th
 in the test process afterwards."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import traceback
@@ -246,6 +247,7 @@ def test_resume_of_a_two_rank_run_equals_an_uninterrupted_one(ranks):
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert torch.equal(a["balancer_rng"], b["balancer_rng"])
     assert len((out / "resumed" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert json.loads((out / "resumed" / "trainer.json").read_text())["world_size"] == WORLD
     evals = [torch.load(out / f"evals{r}.pt", weights_only=False) for r in range(WORLD)]
     assert evals[0] == evals[1] and evals[0][0] == evals[0][1]  # gathered metrics: the same on every rank
 
@@ -268,8 +270,6 @@ def test_a_dead_rank_ends_the_run_with_a_clear_error_and_an_intact_checkpoint(ra
 def test_cli_nproc_runs_torchrun_and_matches_one_process(tmp_path, capfd):
     """`multitask train CONFIG --nproc 2` (torchrun, gloo): final.json says how it was trained, and its
     validation and test metrics (gathered over the ranks) equal one process's."""
-    import json
-
     import numpy as np
     import pandas as pd
     import yaml

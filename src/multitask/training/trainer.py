@@ -716,6 +716,7 @@ class Trainer:
             "model": type(self.model).__name__,
             "balancer": type(self.balancer).__name__,
             "config": asdict(self.config),
+            "world_size": 1 if self.dist is None else self.dist.world_size,  # processes (torch.distributed)
         })
 
     def _log(self, record: dict) -> None:
