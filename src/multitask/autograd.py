@@ -336,7 +336,10 @@ def _global_feature_direction(balancer: JacobianBalancer, feats: "FeatureGradien
     return _own_columns(d, spans)
 
 
-def _gather_columns(X: Tensor, targets: list[Tensor], reducer: Reducer) -> tuple[Tensor, list[tuple[int, int, int, int]]]:
+Spans = list[tuple[int, int, int, int]]  # per representation part: (offset, own rows, global rows, row width)
+
+
+def _gather_columns(X: Tensor, targets: list[Tensor], reducer: Reducer) -> tuple[Tensor, Spans]:
     """X [k, N_local], columns laid out part by part (each part's rows first), -> [k, N_global] laid out the
     same way for the global batch; spans (offset, own rows, global rows, row width) per part to cut it back."""
     sizes = [t.numel() for t in targets]
@@ -349,7 +352,7 @@ def _gather_columns(X: Tensor, targets: list[Tensor], reducer: Reducer) -> tuple
     return torch.cat(out, dim=1) if len(out) > 1 else out[0], spans
 
 
-def _own_columns(d: Tensor, spans: list[tuple[int, int, int, int]]) -> Tensor:
+def _own_columns(d: Tensor, spans: Spans) -> Tensor:
     """This rank's columns of a global direction (the inverse of `_gather_columns`'s layout)."""
     pieces, start = [], 0
     for offset, rows, total, width in spans:
