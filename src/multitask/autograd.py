@@ -17,11 +17,18 @@ computing only what the balancer `requires`. It knows no particular method.
   recomputed every k steps; in between the cached weights combine F with no Gramian and no solver.
 As in Sener & Koltun (2018), task-specific parameters get their task's plain gradient; only the shared
 parameters receive the balanced direction.
+
+Under torch.distributed a `Reducer` (`multitask.training.distributed`) is passed in: each rank's losses are its
+share of the global batch's mean losses, and the engine reduces, at four points and whatever the method, what the
+method must see for the GLOBAL batch: the loss values (T floats), the features-mode Gramian (T x T), the
+features-mode Jacobian columns of the other ranks' rows (Jacobian methods only), the parameters-mode Jacobian
+(T x P). Everything else is each rank's share of a gradient, summed by the caller afterwards.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Mapping
+import math
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -35,23 +42,61 @@ from multitask.models.base import MultiTaskModel, has_hooks
 LossOf = Callable[[str, Tensor], Tensor]  # (task name, model output) -> scalar loss
 
 
+class Reducer(Protocol):
+    """What the engine needs from a process group (implemented by `multitask.training.distributed`).
+
+    `loss_of` then returns this rank's SHARE of each global mean loss (its labelled entries / the global batch's),
+    so the global loss is the sum of the shares and so is every gradient; `row_share` is this rank's rows / the
+    global batch's rows (a model's penalties, means over rows or functions of the parameters, are scaled by it)."""
+
+    world_size: int
+    row_share: float
+
+    def sum(self, x: Tensor, kind: str) -> Tensor:
+        """`x` summed over the ranks (every rank gets the same result); `kind` names the reduction point
+        ("losses", "gramian", "jacobian"), for counting."""
+        ...
+
+    def gather_rows(self, x: Tensor, dim: int, kind: str = "columns") -> tuple[Tensor, int]:
+        """The ranks' `x` concatenated along `dim` in rank order (sizes may differ), and this rank's offset."""
+        ...
+
+    def mark_reduced(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """These parameters' `.grad` is already the global one: the final gradient sum must leave them."""
+        ...
+
+
 def backward(model: MultiTaskModel, balancer: Balancer, inputs: Any, loss_of: LossOf,
-             present: Mapping[str, bool] | None = None) -> dict[str, Tensor]:
-    """Run one step's forward and write `.grad`; returns the per-task losses (with their graphs freed)."""
+             present: Mapping[str, bool] | None = None, reducer: Reducer | None = None) -> dict[str, Tensor]:
+    """Run one step's forward and write `.grad`; returns the per-task losses (with their graphs freed).
+
+    With a `reducer`, `present` must be the global one (a task with labels on any rank) and `.grad` is this
+    rank's share, to be summed over the ranks by the caller (except the parameters `reducer.mark_reduced`)."""
     tasks = balancer.task_names
     present = present if present is not None else {t: True for t in tasks}
-    loss_of = _with_penalties(loss_of, model, tasks, present)  # a model's own loss terms join their task's loss
+    # a model's own loss terms join their task's loss
+    loss_of = _with_penalties(loss_of, model, tasks, present, 1.0 if reducer is None else reducer.row_share)
     if isinstance(balancer, LossBalancer):
         outputs = model(inputs)
-        losses = {t: loss_of(t, outputs[t]) for t in tasks}
+        losses = _global_losses({t: loss_of(t, outputs[t]) for t in tasks}, reducer)
         balancer.combine(losses, present).backward()
         return losses
     if isinstance(balancer, GradientBalancer):
         # a penalty may reach the shared parameters directly, which the representation path would not see
         if not model.shares_representation or (balancer.mode == "parameters" and _has_penalties(model)):
-            return _joint_step(model, balancer, inputs, loss_of, present)
-        return _gradient_step(model, balancer, inputs, loss_of, present)
+            return _joint_step(model, balancer, inputs, loss_of, present, reducer)
+        return _gradient_step(model, balancer, inputs, loss_of, present, reducer)
     raise TypeError(f"{type(balancer).__name__} requires {balancer.requires!r}, which this engine does not provide")
+
+
+def _global_losses(losses: dict[str, Tensor], reducer: Reducer | None) -> dict[str, Tensor]:
+    """Reduction point 1: each loss with the global batch's value (the sum of the ranks' shares, identical on
+    every rank) and this rank's share's gradient: (l - l.detach()) is exactly 0 and carries l's graph."""
+    if reducer is None:
+        return losses
+    names = list(losses)
+    total = reducer.sum(torch.stack([losses[t].detach().double() for t in names]), "losses")
+    return {t: (losses[t] - losses[t].detach()) + total[i].to(losses[t].dtype) for i, t in enumerate(names)}
 
 
 def _has_penalties(model: MultiTaskModel) -> bool:
@@ -59,10 +104,12 @@ def _has_penalties(model: MultiTaskModel) -> bool:
 
 
 def _with_penalties(loss_of: LossOf, model: MultiTaskModel, tasks: list[str],
-                    present: Mapping[str, bool]) -> LossOf:
+                    present: Mapping[str, bool], share: float = 1.0) -> LossOf:
     """`loss_of` plus the model's `penalties` for the tasks with labels in this batch (as their losses, a task
     without labels contributes nothing), asked for once, at the first loss: after this step's forward, so a
-    penalty may come from the activations that forward computed (Sluice's subspace orthogonality)."""
+    penalty may come from the activations that forward computed (Sluice's subspace orthogonality). Under
+    torch.distributed each rank adds `share` (its rows / the global batch's) of its penalty: the sum over ranks
+    is the penalty itself when it depends on the parameters only, and the global mean when it is a mean over rows."""
     if not _has_penalties(model):
         return loss_of
     penalties: list[Mapping[str, Tensor]] = []
@@ -71,12 +118,15 @@ def _with_penalties(loss_of: LossOf, model: MultiTaskModel, tasks: list[str],
         loss = loss_of(t, output)
         if not penalties:
             penalties.append(model.penalties([u for u in tasks if present[u]]))
-        return loss + penalties[0][t].to(loss.dtype) if present[t] and t in penalties[0] else loss
+        if not (present[t] and t in penalties[0]):
+            return loss
+        term = penalties[0][t].to(loss.dtype)
+        return loss + (term if share == 1.0 else term * share)
     return with_penalty
 
 
 def _joint_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: Any, loss_of: LossOf,
-                present: Mapping[str, bool]) -> dict[str, Tensor]:
+                present: Mapping[str, bool], reducer: Reducer | None = None) -> dict[str, Tensor]:
     """Balancing for a family without a shared representation (cross-stitch, task-conditioned, ...): one
     forward of the whole model, then one backward per present task into the shared parameters (J, T' x P)
     and that task's own (and group) parameters. Parameters mode only."""
@@ -84,7 +134,7 @@ def _joint_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: Any, 
         raise ValueError(model.feature_mode_error() or "mode 'features' needs a shared representation")
     tasks = balancer.task_names
     outputs = model(inputs)
-    losses = {t: loss_of(t, outputs[t]) for t in tasks}
+    losses = _global_losses({t: loss_of(t, outputs[t]) for t in tasks}, reducer)
     with _without_autocast(tuple(outputs.values())):
         active = [t for t in tasks if present[t]]
         if not active:
@@ -122,14 +172,22 @@ def _joint_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: Any, 
                 if g is not None:
                     _accumulate(p, g if scales is None else g * scales[i].detach().to(g.dtype))
         losses = {t: l.detach() for t, l in losses.items()}
-        _balance_jacobian(balancer, J, shared, loss_values, index)
+        _balance_jacobian(balancer, J, shared, loss_values, index, reducer)
         return losses
 
 
 def _balance_jacobian(balancer: GradientBalancer, J: Tensor, shared: list[torch.nn.Parameter], loss_values: Tensor,
-                      index: np.ndarray) -> None:
+                      index: np.ndarray, reducer: Reducer | None = None) -> None:
     """Parameters mode: the method's direction from the per-task gradients J on the shared parameters (through
-    its weights for a Gramian method), added to their `.grad`."""
+    its weights for a Gramian method), added to their `.grad`.
+
+    Reduction point 4 (torch.distributed): the global J is the sum of the ranks' (each row is a gradient of a
+    sum of loss shares), so J itself is summed (T' x P); its Gramian is not the sum of the ranks' Gramians (the
+    cross terms J_r J_s^T are missing). Every rank then computes the same direction: the shared parameters'
+    `.grad` is global and is left out of the final sum."""
+    if reducer is not None:
+        J = reducer.sum(J, "jacobian")
+        reducer.mark_reduced(shared)
     if isinstance(balancer, GramianBalancer):
         w = _solve(balancer, _stricter(balancer, _gram(J), lambda: _exact_gram(J)), loss_values, index)
         d = w.to(J.dtype) @ J
@@ -179,7 +237,7 @@ def _accumulate(param: torch.nn.Parameter, grad: Tensor, fresh: bool = False) ->
 
 
 def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: Any, loss_of: LossOf,
-                   present: Mapping[str, bool]) -> dict[str, Tensor]:
+                   present: Mapping[str, bool], reducer: Reducer | None = None) -> dict[str, Tensor]:
     tasks = balancer.task_names
     rep = model.shared(inputs)
     parts = _as_parts(rep)
@@ -187,6 +245,7 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
     head_params, shared = _parameter_lists(model, balancer)
     entries = _usable_entries(model, tasks) if diff and isinstance(rep, Tensor) else None
     losses, taps = _task_losses(model, rep, parts, diff, tasks, loss_of, entries)
+    losses = _global_losses(losses, reducer)
     # the forward pass above ran under the caller's autocast, if any; the engine's own algebra (Gramian,
     # combinations, the update written to .grad) runs in the gradients' precision
     with _without_autocast(parts):
@@ -236,8 +295,17 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
 
         if balancer.mode == "features":
             if isinstance(balancer, GramianBalancer):
-                w = _solve(balancer, _stricter(balancer, feats.gram(), feats.exact_gram), loss_values, index)
+                if reducer is None:
+                    K = _stricter(balancer, feats.gram(), feats.exact_gram)
+                else:  # reduction point 2: the ranks' rows of F are disjoint blocks, so K is the sum of theirs
+                    K = _stricter(balancer, reducer.sum(feats.gram(), "gramian"),
+                                  lambda: reducer.sum(feats.exact_gram(), "gramian"))
+                w = _solve(balancer, K, loss_values, index)
                 torch.autograd.backward(targets, feats.combine(w))
+                return losses
+            if reducer is not None:
+                d = _global_feature_direction(balancer, feats, targets, loss_values, index, reducer)
+                torch.autograd.backward(targets, _split(d, targets))
                 return losses
             if balancer.column_sums_suffice:
                 n = sum(t.numel() for t in targets)
@@ -247,8 +315,50 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
             torch.autograd.backward(targets, _split(d, targets))
             return losses
 
-        _balance_jacobian(balancer, _jacobian(targets, shared, feats, balancer), shared, loss_values, index)
+        _balance_jacobian(balancer, _jacobian(targets, shared, feats, balancer), shared, loss_values, index, reducer)
         return losses
+
+
+def _global_feature_direction(balancer: JacobianBalancer, feats: "FeatureGradients", targets: list[Tensor],
+                              loss_values: Tensor, index: np.ndarray, reducer: Reducer) -> Tensor:
+    """Reduction point 3 (features mode, Jacobian methods): the method sees the global batch's matrix, whose
+    columns are the ranks' columns side by side (rows of the representation in rank order, as one process would
+    lay out the whole batch); every rank computes the same global direction and keeps its own columns. For a
+    method that needs only the column sums (GradDrop) just those two rows are gathered."""
+    if balancer.column_sums_suffice:
+        S, A = feats.column_sums()
+        SA, spans = _gather_columns(torch.stack([S, A]), targets, reducer)
+        n = SA.shape[1]
+        d = _checked(balancer, balancer.aggregate_sums(SA[0], SA[1], index), n)
+    else:
+        M, spans = _gather_columns(feats.matrix(), targets, reducer)
+        d = _aggregate(balancer, M, loss_values, index)
+    return _own_columns(d, spans)
+
+
+Spans = list[tuple[int, int, int, int]]  # per representation part: (offset, own rows, global rows, row width)
+
+
+def _gather_columns(X: Tensor, targets: list[Tensor], reducer: Reducer) -> tuple[Tensor, Spans]:
+    """X [k, N_local], columns laid out part by part (each part's rows first), -> [k, N_global] laid out the
+    same way for the global batch; spans (offset, own rows, global rows, row width) per part to cut it back."""
+    sizes = [t.numel() for t in targets]
+    out, spans = [], []
+    for piece, t in zip(X.split(sizes, dim=1), targets):
+        width = math.prod(t.shape[1:])
+        full, offset = reducer.gather_rows(piece.reshape(X.shape[0], t.shape[0], width), dim=1)
+        out.append(full.reshape(X.shape[0], -1))
+        spans.append((offset, t.shape[0], full.shape[1], width))
+    return torch.cat(out, dim=1) if len(out) > 1 else out[0], spans
+
+
+def _own_columns(d: Tensor, spans: Spans) -> Tensor:
+    """This rank's columns of a global direction (the inverse of `_gather_columns`'s layout)."""
+    pieces, start = [], 0
+    for offset, rows, total, width in spans:
+        pieces.append(d[start + offset * width:start + (offset + rows) * width])
+        start += total * width
+    return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
 
 def _usable_entries(model: MultiTaskModel, tasks: list[str]) -> dict[str, torch.nn.Linear] | None:
@@ -436,7 +546,7 @@ class FactoredGradients(FeatureGradients):
 
     def stacked(self) -> list[Tensor]:
         F = _workspace(self.balancer, "F0", (len(self.sizes),) + tuple(self.like.shape), self.D)
-        rows = F.view(len(self.sizes), self.D.shape[0], -1)
+        rows = F.view(len(self.sizes), self.D.shape[0], self.W.shape[1])  # (explicit: a shard may have no rows)
         if self.D.shape[1] == len(self.sizes):  # one output per head: T' outer products in one broadcast
             torch.mul(self.D.T[:, :, None], self.W[:, None, :], out=rows)
         else:

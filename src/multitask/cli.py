@@ -13,6 +13,7 @@ from multitask.config import ConfigError
 
 def _train(args: argparse.Namespace) -> int:
     from multitask import config, experiment, report
+    from multitask.training import distributed
 
     cfg = config.load(args.config, args.set or [])
     if args.resume and args.out and Path(args.out) != Path(args.resume):
@@ -23,12 +24,22 @@ def _train(args: argparse.Namespace) -> int:
     if not args.resume and (out / "checkpoints" / "last.pt").exists() and not args.overwrite:
         raise ConfigError(f"{out} already holds a run: pass --resume {out} to continue it, "
                           "--overwrite to start again, or --out for another directory")
-    final = experiment.run(cfg, out, resume=bool(args.resume))
-    print()
-    print(report.summary(final))
-    print(f"\nrun directory: {out}")
-    if not (args.no_report or os.environ.get("MULTITASK_NO_REPORT")):
-        _write_run_report(out)
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc is not None and args.nproc > 1 and not distributed.launched():
+        return _launch(args.nproc, args.argv)
+    distributed.init_from_env(cfg.trainer.device)  # inside torchrun: join its process group
+    main_rank = distributed.is_main()
+    try:
+        final = experiment.run(cfg, out, resume=bool(args.resume))
+    finally:
+        distributed.close()
+    if main_rank:
+        print()
+        print(report.summary(final))
+        print(f"\nrun directory: {out}")
+        if not (args.no_report or os.environ.get("MULTITASK_NO_REPORT")):
+            _write_run_report(out)
     return 0
 
 
@@ -99,6 +110,28 @@ def _sweep(args: argparse.Namespace) -> int:
     if (out / "report.html").exists():
         print(f"report: {out / 'report.html'}")
     return 0
+
+
+def _launch(nproc: int, argv: list[str]) -> int:
+    """`multitask train ... --nproc N`: the same command under torchrun (`torch.distributed.run`, standalone:
+    one machine, a free port), N processes; its exit code (torchrun names a failed rank and its error)."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "multitask", *rest]
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        print(f"multitask: error: the distributed run ended with exit code {code}; the messages above name the rank "
+              "that failed and why (the last checkpoint is intact: continue with --resume)", file=sys.stderr)
+    return code
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -296,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="start again in an existing run directory")
     t.add_argument("--no-report", action="store_true",
                    help="do not write report.html at the end (also: environment MULTITASK_NO_REPORT=1)")
+    t.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes on this machine (torchrun, DDP-style: gloo on CPU, NCCL on CUDA); "
+                        "trainer.batch_size stays the global batch")
     t.set_defaults(fn=_train)
 
     e = sub.add_parser("evaluate", help="metrics of a saved run on one split")
@@ -354,9 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad input (config, file, checkpoint, data), 1 training failed (non-finite values)
     or an internal error, 130 interrupted. Every error is one line on stderr, never a traceback (set
     MULTITASK_TRACEBACK=1 to see one)."""
-    from multitask.errors import CheckpointError, NonFiniteError
+    from multitask.errors import CheckpointError, DistributedError, NonFiniteError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.fn(args)
     except (ConfigError, FileNotFoundError, CheckpointError) as e:
@@ -364,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except NonFiniteError as e:
         _error(e, "training stopped")
+        return 1
+    except DistributedError as e:
+        _error(e, "distributed run stopped")
         return 1
     except KeyboardInterrupt:
         print("\nmultitask: interrupted; the last completed epoch is saved (continue with --resume)", file=sys.stderr)

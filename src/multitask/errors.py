@@ -17,3 +17,7 @@ class NonFiniteError(FloatingPointError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, truncated, foreign, or not matching the model."""
+
+
+class DistributedError(RuntimeError):
+    """A distributed run lost a rank (crashed, killed, or stopped by an error of its own) during a collective."""

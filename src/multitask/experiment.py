@@ -27,6 +27,7 @@ from multitask.models.task_inputs import TaskInputs, visible_columns
 from multitask.tasks import Task
 from multitask.training import Trainer, TrainerConfig, read_metrics
 from multitask.training.checkpoint import remove_temporaries
+from multitask.training.distributed import is_main
 from multitask.errors import message
 
 
@@ -44,7 +45,7 @@ def load_data(cfg: RunConfig) -> DatasetBundle:
             reason = message(e)
             raise ConfigError(f"data.sources: {' '.join(reason.split())}") from None
         for note in bundle.info["notes"]:
-            print(f"[multitask] {note}")
+            _say(f"[multitask] {note}")
         bundle.tasks = cfgmod.configure_tasks(bundle.tasks, cfg)
         return bundle
     if d.name == "table":
@@ -62,7 +63,7 @@ def load_data(cfg: RunConfig) -> DatasetBundle:
             reason = message(e)
             raise ConfigError(f"data: {' '.join(reason.split())}") from None
         for note in bundle.info["notes"]:
-            print(f"[multitask] {note}")
+            _say(f"[multitask] {note}")
         if cfg.tasks is not None:
             bundle = bundle.select_tasks(list(cfg.tasks))
             bundle.tasks = cfgmod.configure_tasks(bundle.tasks, cfg)
@@ -80,6 +81,12 @@ def load_data(cfg: RunConfig) -> DatasetBundle:
     bundle = bundle.select_tasks(list(cfg.tasks))
     bundle.tasks = cfgmod.configure_tasks(bundle.tasks, cfg)
     return bundle
+
+
+def _say(text: str) -> None:
+    """Print on rank 0 only (every line once in a torchrun run)."""
+    if is_main():
+        print(text)
 
 
 def build_model(cfg: RunConfig, tasks: list[Task], schema: InputSchema | ImageSpec,
@@ -121,7 +128,10 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def write_run_files(out: Path, cfg: RunConfig, bundle: DatasetBundle) -> None:
-    """config.yaml, tasks.json and preprocessor.json: what `evaluate` and `predict` need, written atomically."""
+    """config.yaml, tasks.json and preprocessor.json: what `evaluate` and `predict` need, written atomically
+    (by rank 0 alone in a distributed run)."""
+    if not is_main():
+        return
     write_text_atomic(out / "config.yaml", cfgmod.dump(cfg))
     write_json(out / "tasks.json", [t.to_dict() for t in bundle.tasks])
     write_text_atomic(out / "preprocessor.json", json.dumps(bundle.preprocessor.to_dict()))
@@ -165,9 +175,18 @@ def train_one(cfg: RunConfig, bundle: DatasetBundle, out: Path, resume: bool, mo
         "balancer_weights": balancer.weights(),
         "history_epochs": len(history),
         "skipped_steps": trainer.skipped_steps,
+        **distributed_fields(trainer),
     }
-    write_json(out / "final.json", final)
+    if is_main():
+        write_json(out / "final.json", final)
     return final
+
+
+def distributed_fields(trainer: Trainer) -> dict[str, Any]:
+    """How the run was spread: processes, and the rows of each global batch each one trained on (the shards
+    of ``trainer.batch_size`` rows differ by at most one row; this is the largest)."""
+    world = 1 if trainer.dist is None else trainer.dist.world_size
+    return {"world_size": world, "per_rank_batch_size": -(-trainer.config.batch_size // world)}
 
 
 def read_final(path: Path, what: str = "final.json") -> dict:
@@ -215,13 +234,13 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
     baseline: dict[str, dict[str, dict[str, float]]] | None = None
     baseline_source = None
     if cfg.baselines == "auto" and cfg.model.name != "independent":
-        print(f"[multitask] training single-task baselines (independent) into {out / 'baseline'}")
+        _say(f"[multitask] training single-task baselines (independent) into {out / 'baseline'}")
         b = train_one(cfg, bundle, out / "baseline", resume, model_name="independent", balancer_name="equal")
         baseline, baseline_source = {"test": b["test"], "val": b["val"]}, str(out / "baseline" / "final.json")
     elif cfg.baselines not in ("none", "auto"):
         baseline, baseline_source = read_baseline(cfg.baselines), cfg.baselines
 
-    print(f"[multitask] training {cfg.model.name} with {cfg.balancer.name} balancing into {out}")
+    _say(f"[multitask] training {cfg.model.name} with {cfg.balancer.name} balancing into {out}")
     final = train_one(cfg, bundle, out, resume)
     if cfg.baselines == "auto" and cfg.model.name == "independent":
         baseline = {"test": final["test"], "val": final["val"]}
@@ -230,7 +249,8 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
     final["delta_m"] = None if baseline is None else delta_m(final["test"], baseline["test"])
     final["delta_m_undefined"] = [] if baseline is None else delta_m_terms(final["test"], baseline["test"])[1]
     final["total_wall_time_s"] = time.perf_counter() - start
-    write_json(out / "final.json", final)
+    if is_main():
+        write_json(out / "final.json", final)
     return final
 
 
@@ -261,7 +281,8 @@ def prepare_run_dir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"run directory {out} cannot be created: {e.strerror}") from None
-    remove_temporaries(out)
+    if is_main():  # another rank may already be writing (atomically, through temp files) into `out`
+        remove_temporaries(out)
 
 
 # options that may change between a run and its resumption

@@ -32,6 +32,10 @@ class Balancer(nn.Module):
 
     name: ClassVar[str] = ""
     requires: ClassVar[str] = "losses"
+    # the source of a method's per-step randomness (RLW's weights, PCGrad's and GradVac's orders, GradDrop's
+    # thresholds); None: torch's global generator. The trainer sets one seeded by its seed alone, so that
+    # every rank of a distributed run draws the same numbers whatever else (dropout) draws from the global one.
+    generator: torch.Generator | None = None
 
     def __init__(self, tasks: Sequence[Task]) -> None:
         super().__init__()

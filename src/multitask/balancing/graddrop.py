@@ -39,7 +39,10 @@ class GradDrop(JacobianBalancer):
         # where s < 0, i.e. (A + S) / 2 or (S - A) / 2 with S = sum_i g_i and A = sum_i |g_i|; so the masks
         # never need to be formed task by task: the two column sums of the Jacobian are all it takes.
         purity = 0.5 * (1.0 + total / absolute.clamp_min(1e-30))
-        side = torch.sign(purity - torch.rand(purity.shape, device=total.device, dtype=total.dtype))
+        g = self.generator  # the trainer's (shared by every rank: the same thresholds on each), drawn on its device
+        u = (torch.rand(purity.shape, device=total.device, dtype=total.dtype) if g is None
+             else torch.rand(purity.shape, generator=g, device=g.device, dtype=total.dtype).to(total.device))
+        side = torch.sign(purity - u)
         kept = 0.5 * side * (side * total + absolute)  # (S + A)/2 where P > U, (S - A)/2 where P < U, 0 if equal
         if self.leak > 0:
             kept = self.leak * total + (1.0 - self.leak) * kept

@@ -40,7 +40,7 @@ class GradVac(GramianBalancer):
             c[i] = 1.0
             Kc = list(K[i])  # K c, kept up to date, so that g_i' . g_j = Kc[j]
             cKc = K[i][i]  # ||g_i'||^2
-            for j in [j for j in torch.randperm(T).tolist() if j != i]:
+            for j in [j for j in torch.randperm(T, generator=self.generator).tolist() if j != i]:
                 if norms[j] <= 0:
                     continue
                 gi_norm = math.sqrt(max(cKc, 0.0))

@@ -68,7 +68,7 @@ class RLW(LossBalancer):
     def combine(self, losses: Mapping[str, Tensor], present: Mapping[str, bool] | None = None) -> Tensor:
         self._check(losses)
         L = torch.stack([losses[t] for t in self.task_names])
-        w = torch.softmax(torch.randn(len(L)), dim=0).to(L.device, L.dtype)
+        w = torch.softmax(torch.randn(len(L), generator=self.generator), dim=0).to(L.device, L.dtype)
         self._record(w.tolist())
         return (w * L).sum()
 

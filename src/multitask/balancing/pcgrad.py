@@ -25,7 +25,7 @@ class PCGrad(GramianBalancer):
             c = np.zeros(T)
             c[i] = 1.0
             Kc = gramian[:, i].copy()  # K c, kept up to date: g_i' . g_j = Kc[j]
-            for j in [j for j in torch.randperm(T).tolist() if j != i]:
+            for j in [j for j in torch.randperm(T, generator=self.generator).tolist() if j != i]:
                 dot = float(Kc[j])
                 if dot < 0 and gramian[j, j] > 0:
                     coef = -dot / gramian[j, j]

@@ -31,6 +31,7 @@ from multitask.models.base import MultiTaskModel
 from multitask.tasks import Task, check_unique
 from multitask.training.checkpoint import (NEXT_BEST, load_run_state, load_weights, remove_temporaries,
                                            resolve_best, save_atomic)
+from multitask.training import distributed
 from multitask.training.accumulation import PartAccumulator
 from multitask.training.callbacks import Callback, EpochCallback, StepInfo, _AfterEpoch, as_callbacks
 from multitask.training.early_stopping import EarlyStopping
@@ -117,7 +118,10 @@ class Trainer:
         if sorted(model.task_names) != sorted(self.tasks):
             raise ValueError(f"model has tasks {model.task_names} but the trainer was given {list(self.tasks)}")
         self.config = replace(config or TrainerConfig(), **overrides)
-        self.device = torch.device(self.config.device)
+        self.device = distributed.rank_device(self.config.device)
+        # torch.distributed with more than one rank (torchrun): this rank's shard of each batch, global weights
+        self.dist = distributed.current(self.device)
+        self.main = self.dist is None or self.dist.rank == 0  # the rank that writes files and prints
         self.model = model.to(self.device)
         self.balancer = (balancer or Equal(list(self.tasks.values()))).to(self.device)
         if sorted(self.balancer.task_names) != sorted(self.tasks):
@@ -203,14 +207,18 @@ class Trainer:
         if resume:
             history = self._resume()
         else:
-            torch.manual_seed(self.config.seed)
-            if self.run_dir is not None:  # a fresh start: nothing of an earlier run may be resumed by mistake
+            torch.manual_seed(self.config.seed if self.dist is None else distributed.rank_seed(self.config.seed,
+                                                                                                self.dist.rank))
+            self.balancer.generator = distributed.balancer_generator(self.config.seed)
+            if self.dist is not None:  # every rank starts from rank 0's weights (as DDP does)
+                self.dist.broadcast_module(self.model)
+            if self.run_dir is not None and self.main:  # a fresh start: no earlier run may be resumed by mistake
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "metrics.jsonl").write_text("")
                 for stale in ("last.pt", "best.pt", NEXT_BEST):
                     (self.run_dir / "checkpoints" / stale).unlink(missing_ok=True)
                 remove_temporaries(self.run_dir / "checkpoints")
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.main:
             self._describe_run()
         if isinstance(train, BatchPlan):  # label masks of the whole split, once
             masks = {t: self.tasks[t].label_mask(y) for t, y in train.data.targets.items()}
@@ -266,6 +274,8 @@ class Trainer:
 
         def gen() -> Iterator[tuple[Any, dict, dict]]:
             for idx in order:
+                if self.dist is not None:  # this rank's contiguous shard of the global batch
+                    idx = self.dist.shard(idx)
                 yield (index_inputs(data.inputs, idx), {t: y[idx] for t, y in data.targets.items()},
                        {t: masks[t][idx].to(device) for t in self.tasks if not complete[t]})
 
@@ -273,6 +283,10 @@ class Trainer:
 
     def _iterated(self, batches: Iterable[Any]) -> tuple[int | None, Iterator[tuple[Any, dict, dict]]]:
         """(steps if known, batches) of an iterable of (inputs, targets): each batch checked and masked."""
+        if self.dist is not None and isinstance(getattr(batches, "sampler", None),
+                                                torch.utils.data.DistributedSampler):
+            raise ValueError("under torch.distributed the trainer shards each global batch itself: give every rank "
+                             "the same loader of global batches, without a DistributedSampler")
         for obj in (batches, getattr(batches, "batch_sampler", None), getattr(batches, "sampler", None)):
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(self.epoch)
@@ -294,6 +308,9 @@ class Trainer:
                 except (ValueError, TypeError, KeyError) as e:
                     reason = message(e)
                     raise type(e)(f"training batch {k + 1}: {reason}") from None
+                if self.dist is not None:  # every rank reads the global batch and keeps its shard of the rows
+                    idx = self.dist.shard(torch.arange(n_rows(inputs)))
+                    inputs, targets = index_inputs(inputs, idx), {t: y[idx] for t, y in targets.items()}
                 masks = {}
                 for t, task in self.tasks.items():
                     m = task.label_mask(targets[t])
@@ -314,7 +331,7 @@ class Trainer:
         updates_at_start = dict(self.accumulator.updates) if self.accumulator is not None else {}
         start = time.perf_counter()
         bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{c.epochs}", leave=False,
-                   disable=not c.progress, dynamic_ncols=True)
+                   disable=not (c.progress and self.main), dynamic_ncols=True)
         steps = 0
         for step, (inputs, targets, batch_masks) in enumerate(feed):
             inputs, targets = to_device(inputs, self.device), to_device(targets, self.device)
@@ -378,12 +395,18 @@ class Trainer:
             return tasks[t].loss(output, targets[t], m, complete=m is None)
 
         present = {t: True if t not in masks else bool(masks[t].any()) for t in tasks}
+        rows = n_rows(inputs)
+        labelled = {t: rows if masks.get(t) is None else int(masks[t].sum()) for t in tasks}
+        if self.dist is not None:  # global counts; each rank's loss becomes its share of the global mean loss
+            loss_of, present, rows, labelled = self._shares(inputs, targets, masks, loss_of)
         self._present = present
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         saved = self._buffers_snapshot() if self.config.nonfinite == "skip" else None
         try:
-            losses = autograd.backward(self.model, self.balancer, inputs, loss_of, present)
+            losses = autograd.backward(self.model, self.balancer, inputs, loss_of, present, self.dist)
+            if self.dist is not None:  # the model's gradient: the sum of the ranks' shares
+                self.dist.reduce_gradients(self.model.parameters())
             problem = self._nonfinite_problem(losses)
         except NonFiniteError as e:  # the engine stops before its solvers see NaN
             losses, problem = None, (str(e), e.tasks)
@@ -393,15 +416,40 @@ class Trainer:
         self._skips_in_a_row = 0
         kept_rows = self._freeze_absent(present) if not all(present.values()) else []
         if self.accumulator is not None:  # only the parts that reached their sample count keep a .grad
-            rows = n_rows(inputs)
-            self.accumulator.add(rows, {t: rows if masks.get(t) is None else int(masks[t].sum()) for t in tasks})
+            self.accumulator.add(rows, labelled)
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         with torch.no_grad():
-            for target, rows, saved in kept_rows:  # absent tasks' rows of the balancer's own parameters
-                target[rows] = saved
+            for target, idx, saved in kept_rows:  # absent tasks' rows of the balancer's own parameters
+                target[idx] = saved
+        if self.dist is not None:  # running statistics (batch norm) are rank 0's, as with DDP's broadcast_buffers
+            self.dist.broadcast_module(self.model, buffers_only=True)
         return losses
+
+    def _shares(self, inputs: Any, targets: Mapping[str, Tensor], masks: Mapping[str, Tensor],
+                loss_of: Callable[[str, Tensor], Tensor]) -> tuple[Callable, dict[str, bool], int, dict[str, int]]:
+        """Under torch.distributed: one all-reduce of this shard's rows and labelled entries per task gives the
+        global batch's; this rank's loss for task t is then n_t / N_t times its mean over its n_t labelled
+        entries (exactly 0, with a graph, when it has none), so the global mean loss is the sum over ranks.
+        Returns (loss_of, global presence, global rows, global labelled counts for the accumulator)."""
+        tasks = list(self.tasks)
+        rows = n_rows(inputs)
+        entries = [float(targets[t].numel() if masks.get(t) is None else masks[t].sum()) for t in tasks]
+        counts = [float(rows if masks.get(t) is None else masks[t].sum()) for t in tasks]
+        total = self.dist.shares([rows] + entries + counts)
+        global_entries = dict(zip(tasks, total[1:1 + len(tasks)]))
+        local = dict(zip(tasks, entries))
+        self.dist.row_share = rows / total[0] if total[0] > 0 else 0.0
+
+        def share_of(t: str, output: Tensor) -> Tensor:
+            if local[t] == 0:  # no labels in this shard: the mean over no entries is exactly 0, with a graph
+                return self.tasks[t].loss(output, targets[t], torch.zeros(targets[t].shape, dtype=torch.bool,
+                                                                          device=targets[t].device))
+            return loss_of(t, output) * (local[t] / global_entries[t])
+
+        present = {t: global_entries[t] > 0 for t in tasks}
+        return share_of, present, int(total[0]), {t: int(v) for t, v in zip(tasks, total[1 + len(tasks):])}
 
     def _freeze_absent(self, present: Mapping[str, bool]) -> list[tuple[Tensor, Tensor, Tensor]]:
         """A task without labels in this batch (e.g. a step drawn from another source) leaves its own
@@ -470,7 +518,7 @@ class Trainer:
         if self._skips_in_a_row >= self.config.max_skips:
             raise NonFiniteError(f"{self._skips_in_a_row} steps in a row had non-finite values (trainer.max_skips); "
                                  f"the last, {where}: {problem}", bad_tasks)
-        if self.config.progress or self.skipped_steps <= 3:
+        if self.main and (self.config.progress or self.skipped_steps <= 3):
             tqdm.write(f"[multitask] skipped {where}: {problem} ({self.skipped_steps} skipped so far)")
 
     def _buffers_snapshot(self) -> dict[str, Tensor]:
@@ -508,13 +556,19 @@ class Trainer:
         """Raw model outputs for many rows, computed in evaluation batches."""
         self.model.eval()
         n = next(iter(inputs.values())).shape[0] if isinstance(inputs, dict) else inputs.shape[0]
+        # under torch.distributed each rank computes a contiguous shard of the rows and the shards are gathered:
+        # every rank gets all the outputs, so metrics are those of the whole split, equal to one process's
+        lo, hi = (0, n) if self.dist is None else distributed.shard_range(n, self.dist.rank, self.dist.world_size)
         parts: dict[str, list[Tensor]] = {}
-        for start in range(0, n, self.config.eval_batch_size):
-            idx = torch.arange(start, min(start + self.config.eval_batch_size, n))
+        for start in range(lo, hi, self.config.eval_batch_size) if hi > lo else [lo]:
+            idx = torch.arange(start, min(start + self.config.eval_batch_size, hi))
             out = self.model(to_device(index_inputs(inputs, idx), self.device), tasks)
             for t, o in out.items():
                 parts.setdefault(t, []).append(o.cpu())
-        return {t: torch.cat(p) for t, p in parts.items()}
+        out = {t: torch.cat(p) for t, p in parts.items()}
+        if self.dist is not None:
+            out = {t: self.dist.gather_rows(o, 0, "evaluation")[0] for t, o in out.items()}
+        return out
 
     def evaluate(self, data: MultiTaskData) -> dict[str, dict]:
         """Per-task loss (mean over labelled entries) and metrics on a whole split."""
@@ -545,6 +599,7 @@ class Trainer:
             "early_stopping": self.early.state_dict(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "balancer_rng": self.balancer.generator.get_state() if self.balancer.generator is not None else None,
             "config": asdict(self.config),
             **({"accumulator": self.accumulator.state_dict()} if self.accumulator is not None else {}),
             "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks
@@ -558,9 +613,12 @@ class Trainer:
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.early.load_state_dict(state["early_stopping"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(self._own_rng(state))
         if self.device.type == "cuda" and state.get("cuda_rng"):
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.balancer.generator = distributed.balancer_generator(self.config.seed)
+        if state.get("balancer_rng") is not None:
+            self.balancer.generator.set_state(state["balancer_rng"])
         self.epoch = int(state["epoch"])
         self.global_step = int(state.get("global_step", 0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
@@ -573,13 +631,32 @@ class Trainer:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             self.scheduler.T_max = self.config.epochs  # `epochs` may grow on resume: anneal over the new total
 
+    def _own_rng(self, state: Mapping[str, Any]) -> Tensor:
+        """This rank's saved state of torch's global generator: rank r's of `rng_ranks` when the run had as many
+        ranks; else rank 0 takes `rng` and the other ranks a state seeded by (seed, rank, epoch)."""
+        ranks = state.get("rng_ranks")
+        if self.dist is None or (ranks is None and self.dist.rank == 0):
+            return state["rng"]
+        if ranks is not None and len(ranks) == self.dist.world_size:
+            return ranks[self.dist.rank]
+        if self.dist.rank == 0:
+            return ranks[0]
+        seed = distributed.rank_seed(self.config.seed, self.dist.rank) + int(state["epoch"])
+        return torch.Generator().manual_seed(seed).get_state()
+
     def _save(self, best: bool) -> None:
         """last.pt and best.pt as a consistent pair (see `multitask.training.checkpoint`): new best weights to
-        best.next.pt, then last.pt (naming the best epoch), then the rename to best.pt."""
+        best.next.pt, then last.pt (naming the best epoch), then the rename to best.pt. Under torch.distributed
+        every rank's generator state is gathered and rank 0 alone writes."""
         if self.run_dir is None:
+            return
+        ranks = self.dist.all_gather_object(torch.get_rng_state()) if self.dist is not None else None
+        if not self.main:
             return
         folder = self.run_dir / "checkpoints"
         state = self.state_dict()
+        if ranks is not None:
+            state["rng_ranks"] = ranks
         if best:
             save_atomic({"epoch": self.epoch, "model": state["model"]}, folder / NEXT_BEST)
         save_atomic(state, folder / "last.pt")
@@ -590,17 +667,27 @@ class Trainer:
         if self.run_dir is None:
             raise ValueError("resume needs a run_dir")
         folder = self.run_dir / "checkpoints"
+        if self.dist is not None:  # rank 0 may still be writing the checkpoint of a run that just stopped
+            self.dist.barrier()
         state = load_run_state(folder / "last.pt", self.device, RESUME_KEYS)
         self.load_state_dict(state)
-        remove_temporaries(folder)
-        best = resolve_best(folder, self.early.best_epoch)
+        if self.main:
+            remove_temporaries(folder)
+            best = resolve_best(folder, self.early.best_epoch)
+        if self.dist is not None:  # rank 0 has finished (or discarded) an interrupted best write: now the others
+            self.dist.barrier()
+            if not self.main:
+                best = resolve_best(folder, self.early.best_epoch, finish=False)
         if best is not None:
             saved = load_run_state(best, self.device)
             if int(saved.get("epoch", -1)) == self.early.best_epoch:
                 self._best_state = saved["model"]
         # keep only the epochs the checkpoint holds (a crash may have logged one more, or half a line)
         history = [r for r in read_metrics(self.run_dir) if r["epoch"] <= self.epoch]
-        write_text_atomic(self.run_dir / "metrics.jsonl", "".join(to_json(r) + "\n" for r in history))
+        if self.dist is not None:
+            self.dist.barrier()  # every rank has read metrics.jsonl before rank 0 rewrites it
+        if self.main:
+            write_text_atomic(self.run_dir / "metrics.jsonl", "".join(to_json(r) + "\n" for r in history))
         return history
 
     def restore(self, run_dir: str | Path, checkpoint: str = "best") -> int:
@@ -629,9 +716,12 @@ class Trainer:
             "model": type(self.model).__name__,
             "balancer": type(self.balancer).__name__,
             "config": asdict(self.config),
+            "world_size": 1 if self.dist is None else self.dist.world_size,  # processes (torch.distributed)
         })
 
     def _log(self, record: dict) -> None:
+        if not self.main:
+            return
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(to_json(record) + "\n")
