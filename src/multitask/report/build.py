@@ -201,7 +201,7 @@ def run_blocks(run: Run, figs: Figures, prefix: str = "") -> list[html.Block]:
     if grads is not None:
         blocks.append(html.heading("Gradient conflict"))
         blocks += _figure_block(figs, f"{prefix}conflict.png", lambda: F.conflict_heatmaps(grads),
-                                f"Task gradients compared on the shared parameters over {len(grads.steps)} logged "
+                                f"Task gradients compared on the shared parameters (or representation) over {len(grads.steps)} logged "
                                 "steps: negative cosine (red) means one task's step raises the other's loss; the "
                                 "right map is how often that happened.")
         blocks += _figure_block(figs, f"{prefix}conflict_trend.png", lambda: F.conflict_trend(grads),

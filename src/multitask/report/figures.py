@@ -290,7 +290,7 @@ def affinity_heatmap(a: AffinitySummary) -> Figure:
     z = np.where(np.eye(n, dtype=bool), np.nan, a.mean)
     finite = z[np.isfinite(z)]
     lim = float(np.max(np.abs(finite))) if finite.size else 1.0
-    im = _heatmap(ax, z, a.tasks, "RdBu", -lim or -1, lim or 1, "+.3f")
+    im = _heatmap(ax, z, a.tasks, "RdBu", -lim or -1, lim or 1, "+.2g")  # Z can be ~1e-6: no fixed decimals
     fig.colorbar(im, ax=ax, shrink=0.8).ax.tick_params(labelsize=7)
     ax.set_xlabel("loss measured on (j)", fontsize=9)
     ax.set_ylabel("step taken on (i)", fontsize=9)
