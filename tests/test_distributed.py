@@ -213,7 +213,7 @@ def test_two_ranks_equal_one_process_for_every_balancer(ranks):
     errors = [f"rank {r}, {c}: {res['error']}" for r, results in enumerate((got, other))
               for c, res in results.items() if "error" in res]
     assert not errors, "\n".join(errors)
-    assert len(got) == len(cases()) == 30 + len(EXTRA)  # 19 methods, 11 of them with two modes; variants
+    assert len(got) == len(cases()) == 32 + len(EXTRA)  # 20 methods, 12 of them with two modes; variants
     bad = []
     for (name, mode, variant), res in got.items():
         label = f"{name}/{mode}" + (f"/{variant}" if variant else "")
