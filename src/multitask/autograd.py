@@ -36,15 +36,22 @@ LossOf = Callable[[str, Tensor], Tensor]  # (task name, model output) -> scalar 
 
 
 def backward(model: MultiTaskModel, balancer: Balancer, inputs: Any, loss_of: LossOf,
-             present: Mapping[str, bool] | None = None) -> dict[str, Tensor]:
-    """Run one step's forward and write `.grad`; returns the per-task losses (with their graphs freed)."""
+             present: Mapping[str, bool] | None = None,
+             scale: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+    """Run one step's forward and write `.grad`; returns the per-task losses (with their graphs freed).
+
+    `scale` (fp16 loss scaling, e.g. ``GradScaler.scale``) multiplies the combined loss before its backward;
+    loss balancers only, since scaling would change the gradients a gradient balancer sees."""
     tasks = balancer.task_names
+    if scale is not None and not isinstance(balancer, LossBalancer):
+        raise ValueError(f"loss scaling (fp16) applies to loss balancers only, not to {type(balancer).__name__}")
     present = present if present is not None else {t: True for t in tasks}
     loss_of = _with_penalties(loss_of, model, tasks, present)  # a model's own loss terms join their task's loss
     if isinstance(balancer, LossBalancer):
         outputs = model(inputs)
         losses = {t: loss_of(t, outputs[t]) for t in tasks}
-        balancer.combine(losses, present).backward()
+        total = balancer.combine(losses, present)
+        (scale(total) if scale is not None else total).backward()
         return losses
     if isinstance(balancer, GradientBalancer):
         # a penalty may reach the shared parameters directly, which the representation path would not see
