@@ -3,7 +3,10 @@
 Each logger is a `multitask.training.Callback` (an observer: it never changes a step). ``jsonl`` is the
 trainer's own ``metrics.jsonl``, always written. ``tensorboard`` writes event files to ``<run_dir>/tensorboard``
 (`torch.utils.tensorboard`, package ``tensorboard``); ``mlflow`` logs to an MLflow tracking store, by default
-a local SQLite file ``<run_dir>/mlflow.db`` (no server; ``MLFLOW_TRACKING_URI`` overrides it, as in MLflow).
+MLflow's local file store ``<run_dir>/mlruns`` (no server, no database: created in milliseconds, where a new
+SQLite store spends ~10 s on its schema migrations). MLflow keeps that store in "maintenance mode" behind the
+opt-out ``MLFLOW_ALLOW_FILE_STORE=true``, which this logger sets for its process when it uses the default;
+``MLFLOW_TRACKING_URI`` (e.g. ``sqlite:///mlflow.db`` or a server) overrides the default, as in MLflow.
 
 What is logged, all against the trainer's global step (the x axis of both tools):
 - every epoch record, flattened: ``train_loss/<task>``, ``val_loss/<task>``, ``val/<task>/<metric>``,
@@ -205,8 +208,9 @@ class MLflowLogger(MetricLogger):
 
         super().on_fit_start(trainer)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        uri = (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-               or f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}")
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(self.run_dir)
+        if uri == default_tracking_uri(self.run_dir):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's opt-in for its file store
         self.client, self._uri = MlflowClient(tracking_uri=uri), uri
         saved = self._saved()
         if trainer.global_step > 0 and saved.get("run_id") and saved.get("tracking_uri") == uri:
@@ -256,6 +260,11 @@ class MLflowLogger(MetricLogger):
     def _save(self) -> None:
         write_json(self.run_dir / "mlflow_run.json", {"run_id": self.run_id, "logged_until": self.logged_until,
                                                       "tracking_uri": self._uri})
+
+
+def default_tracking_uri(run_dir: str | Path) -> str:
+    """The MLflow store a run directory logs to unless told otherwise: a file store in ``<run_dir>/mlruns``."""
+    return (Path(run_dir) / "mlruns").resolve().as_uri()
 
 
 def _mlflow_key(key: str) -> str:
