@@ -3,9 +3,10 @@
 The same census-income rows, HardSharing model (fresh, same seed), Adam and batch for every variant; a loss
 balancer (Equal: the whole model compiled) and a gradient balancer (MGDA, parameters mode: the shared trunk
 compiled, heads eager). Per variant: the first `warm` steps are timed apart (they hold torch.compile's tracing
-and code generation: "warm-up"), then `steps` steps are timed one by one; the variants are interleaved in
-shuffled order over `reps` repetitions and the median step time over all of them is reported, with the ratio
-to float32 eager of the same balancer. Inductor's on-disk cache starts empty (a fresh TORCHINDUCTOR_CACHE_DIR),
+and code generation: "warm-up"); then `steps` steps are timed one by one, the variants taking turns step by
+step in a fresh shuffled order (a busy spell of a shared machine then slows all of them alike); `reps`
+repetitions with fresh trainers; reported: the median step time over all of them, and its ratio to float32
+eager of the same balancer. Inductor's on-disk cache starts empty (a fresh TORCHINDUCTOR_CACHE_DIR),
 so the first repetition's warm-up is a cold compile and the later ones' a compile with that cache warm.
 
     python benchmarks/precision_compile.py [--rows 20000] [--steps 40] [--reps 3] [--out docs/benchmarks/precision_compile.md]
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import tempfile
+import warnings
 
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-bench-")  # cold: nothing compiled yet
 import torch  # noqa: E402
@@ -50,19 +52,11 @@ def batches(bundle, batch_size: int, n: int, seed: int) -> list:
     return out
 
 
-def run(trainer: Trainer, feed: list, warm: int) -> tuple[float, list[float]]:
-    """(seconds of the first `warm` steps, seconds of each later step)."""
-    trainer.model.train()
-    start = time.perf_counter()
-    for inputs, targets in feed[:warm]:
-        trainer.train_step(inputs, targets)
-    warm_s = time.perf_counter() - start
-    times = []
-    for inputs, targets in feed[warm:]:
-        t0 = time.perf_counter()
-        trainer.train_step(inputs, targets)
-        times.append(time.perf_counter() - t0)
-    return warm_s, times
+def one_step(trainer: Trainer, batch: tuple) -> float:
+    """Seconds of one training step."""
+    t0 = time.perf_counter()
+    trainer.train_step(*batch)
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -75,6 +69,7 @@ def main() -> None:
     ap.add_argument("--out", default="docs/benchmarks/precision_compile.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message=".*no further progress in floating point.*")  # MGDA's solver notes
     bundle = load_census_income(limit=args.rows, seed=0)
     compile_ok = cpp_compiler() is not None
     variants = [(b, p, c) for b in ("equal", "mgda") for p in ("32", "bf16") for c in ((False, True) if compile_ok
@@ -83,15 +78,22 @@ def main() -> None:
     warmups: dict[tuple, list[float]] = {v: [] for v in variants}
     order = list(variants)
     for rep in range(args.reps):
-        random.Random(rep).shuffle(order)
+        rng = random.Random(rep)
         feed = batches(bundle, args.batch, args.warm + args.steps, seed=rep)
-        for v in order:
-            torch._dynamo.reset()  # every compiled variant traces again in every repetition (the disk cache stays)
-            trainer = make_trainer(bundle, *v)
-            w, ts = run(trainer, feed, args.warm)
-            warmups[v].append(w)
-            times[v].extend(ts)
-            print(f"rep {rep} {v}: warm-up {w:.2f}s, median step {statistics.median(ts) * 1e3:.2f} ms", flush=True)
+        torch._dynamo.reset()  # every compiled variant traces again in every repetition (the disk cache stays)
+        trainers = {}
+        rng.shuffle(order)
+        for v in order:  # warm-up: each variant's first steps, alone
+            trainers[v] = make_trainer(bundle, *v)
+            trainers[v].model.train()
+            warmups[v].append(sum(one_step(trainers[v], b) for b in feed[:args.warm]))
+        for b in feed[args.warm:]:  # then one step of every variant in turn, in a fresh order each time, so a
+            rng.shuffle(order)      # busy spell of the machine slows all variants alike
+            for v in order:
+                times[v].append(one_step(trainers[v], b))
+        for v in variants:
+            print(f"rep {rep} {v}: warm-up {warmups[v][-1]:.2f}s, median step "
+                  f"{statistics.median(times[v][-args.steps:]) * 1e3:.2f} ms", flush=True)
     rows = []
     for v in variants:
         base = statistics.median(times[(v[0], "32", False)])
@@ -114,7 +116,9 @@ def main() -> None:
              f"other jobs, C++ compiler: {setup['cxx']}).", "",
              f"{setup['data']}, {setup['model']}, Adam, batch {args.batch}; each variant: {args.warm} warm-up steps "
              f"(timed together: torch.compile's tracing and code generation happen here), then {args.steps} steps "
-             f"timed one by one, x {args.reps} repetitions in shuffled order (torch._dynamo reset before each; inductor's disk cache fresh at the start).", "",
+             f"timed one by one, the variants taking turns step by step in shuffled order; x {args.reps} "
+             "repetitions with fresh trainers (torch._dynamo reset before each; inductor's disk cache empty at the "
+             "start, so the first repetition's warm-up is a cold compile).", "",
              "| balancer | precision | compile | median step (ms) | ratio to float32 eager | warm-up: first "
              f"{args.warm} steps, empty cache (s) | same, cache on disk (s) |", "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:

@@ -104,9 +104,7 @@ class MetricLogger(Callback):
 
     def on_epoch_end(self, trainer: "Trainer", record: dict) -> None:
         step = trainer.global_step
-        self._pending.setdefault(step, {}).update(flatten({k: v for k, v in record.items() if k != "monitor"}))
-        for k, v in (record.get("monitor") or {}).items():
-            self._pending[step][f"monitor/{k}"] = float(v)
+        self._pending.setdefault(step, {}).update(flatten(record))
         self._read_diagnostics()
         self._flush()
 
