@@ -9,7 +9,8 @@ repetitions with fresh trainers; reported: the median step time over all of them
 eager of the same balancer. Inductor's on-disk cache starts empty (a fresh TORCHINDUCTOR_CACHE_DIR),
 so the first repetition's warm-up is a cold compile and the later ones' a compile with that cache warm.
 
-    python benchmarks/precision_compile.py [--rows 20000] [--steps 40] [--reps 3] [--out docs/benchmarks/precision_compile.md]
+    python benchmarks/precision_compile.py [--rows 20000] [--steps 60] [--reps 3]
+                                           [--out docs/benchmarks/precision_compile.md]
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warm", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default="docs/benchmarks/precision_compile.md")

@@ -170,7 +170,8 @@ class TensorBoardLogger(MetricLogger):
         if trainer.global_step == 0 and self.log_dir.exists():  # a fresh start: no events of an earlier run
             shutil.rmtree(self.log_dir)
         # on a resume, TensorBoard drops the events a crashed attempt wrote at or past this step
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=trainer.global_step + 1 if trainer.global_step else None)
+        purge = trainer.global_step + 1 if trainer.global_step else None
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=purge)
 
     def _write(self, step: int, metrics: Mapping[str, float]) -> None:
         for k, v in metrics.items():

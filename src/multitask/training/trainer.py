@@ -546,8 +546,9 @@ class Trainer:
             idx = torch.arange(start, min(start + self.config.eval_batch_size, n))
             with autocast(self.config.precision, self.device):
                 out = self.model(to_device(index_inputs(inputs, idx), self.device), tasks)
-            for t, o in out.items():
-                parts.setdefault(t, []).append(o.float().cpu())
+            for t, o in out.items():  # autocast's half-precision outputs back to float32 for the metrics
+                o = o.float() if o.dtype in (torch.bfloat16, torch.float16) else o
+                parts.setdefault(t, []).append(o.cpu())
         return {t: torch.cat(p) for t, p in parts.items()}
 
     def evaluate(self, data: MultiTaskData) -> dict[str, dict]:
