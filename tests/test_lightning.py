@@ -59,3 +59,20 @@ def test_lightning_validation_logs_task_metrics_and_bf16_runs_a_gradient_balance
         _lightning_trainer(max_epochs=2, precision="bf16-mixed").fit(module, loader)
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
     assert all(0 < w < 10 for w in module.balancer.weights().values())
+
+
+@pytest.mark.parametrize("world_size,precision,match", [(2, "32-true", "processes"), (1, "16-mixed", "bf16-mixed")])
+def test_gradient_balancers_refuse_what_the_engine_cannot_follow(world_size, precision, match):
+    """Multi-process strategies and fp16 loss scaling act in Lightning's backward, which the engine bypasses
+    (a stand-in for the Lightning Trainer: on CPU, Lightning itself turns 16-mixed into bf16)."""
+    import types
+
+    tasks, _ = synthetic(64)
+    module = MultiTaskModule(HardSharing.tabular(tasks, InputSchema(8), hidden=(8,)), tasks, BALANCERS["mgda"](tasks))
+    module.trainer = types.SimpleNamespace(world_size=world_size, precision=precision)
+    with pytest.raises(RuntimeError, match=match):
+        module.on_fit_start()
+    loss_based = MultiTaskModule(HardSharing.tabular(tasks, InputSchema(8), hidden=(8,)), tasks,
+                                 BALANCERS["uncertainty"](tasks))
+    loss_based.trainer = module.trainer
+    loss_based.on_fit_start()  # Lightning handles both for a loss balancer

@@ -13,19 +13,22 @@ from multitask.training.precision import compile_problem, cpp_compiler, normalis
 WEIGHT_TOL = 0.02
 
 
-def _fit(name, precision, epochs=3, **kw):
+def _fit(name, precision, epochs=3, options=None, **kw):
     tasks, data = synthetic()
     torch.manual_seed(0)
     model = HardSharing.tabular(tasks, InputSchema(8), hidden=(32,), head_hidden=(16,))
-    trainer = Trainer(model, tasks, BALANCERS[name](tasks), epochs=epochs, batch_size=128, lr=1e-2,
-                      progress=False, precision=precision, **kw)
+    trainer = Trainer(model, tasks, BALANCERS[name](tasks, **(options or {})), epochs=epochs, batch_size=128,
+                      lr=1e-2, progress=False, precision=precision, **kw)
     return trainer, trainer.fit(data)
 
 
-@pytest.mark.parametrize("name", ["uncertainty", "dwa", "mgda", "upgrad", "pcgrad"])
-def test_bf16_weights_match_float32_and_losses_fall(name):
-    _, full = _fit(name, "32")
-    trainer, half = _fit(name, "bf16")
+@pytest.mark.parametrize("name,options", [("uncertainty", {}), ("dwa", {}), ("mgda", {}), ("upgrad", {}),
+                                          ("pcgrad", {}), ("db_mtl", {}), ("mgda", {"mode": "features"})])
+def test_bf16_weights_match_float32_and_losses_fall(name, options):
+    """Loss-based (Uncertainty, DWA), Gramian (MGDA, UPGrad, PCGrad; parameters and features mode) and
+    Jacobian (DB-MTL) balancers."""
+    _, full = _fit(name, "32", options=options)
+    trainer, half = _fit(name, "bf16", options=options)
     w32, w16 = full[-1]["weights"], half[-1]["weights"]
     scale = max(abs(v) for v in w32.values())
     assert all(abs(w16[t] - w32[t]) <= WEIGHT_TOL * scale for t in w32), (w32, w16)
