@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import synthetic
-from multitask import BALANCERS, HardSharing, InputSchema, Trainer, autograd, config
+from multitask import BALANCERS, CrossStitch, HardSharing, InputSchema, Trainer, autograd, config
 from multitask.training.precision import compile_problem, cpp_compiler, normalise_precision
 
 # bf16 keeps float32's exponent range with an 8-bit mantissa (~0.4% per rounding); after 9 steps the weights of
@@ -99,15 +99,24 @@ def test_fp16_is_refused_for_gradient_balancers_and_bad_values_are_named(no_work
     assert config.validate({"data": {"name": "yeast"}, "trainer": {"precision": 32}}).trainer.precision == "32"
 
 
-def test_compile_aot_eager_matches_eager_for_a_gradient_balancer():
-    """The gradient engine through a compiled trunk (graph capture + AOT autograd, no code generation):
-    the same weights and losses as eager, to float32 rounding."""
-    _, eager = _fit("mgda", "32", epochs=1)
-    trainer, compiled = _fit("mgda", "32", epochs=1, compile="aot_eager")
-    assert trainer.compiled.startswith("shared trunk")
-    for t, w in eager[-1]["weights"].items():
-        assert compiled[-1]["weights"][t] == pytest.approx(w, rel=1e-4, abs=1e-6)
-        assert compiled[-1]["train_loss"][t] == pytest.approx(eager[-1]["train_loss"][t], rel=1e-5)
+@pytest.mark.parametrize("family,compiled", [(HardSharing, "shared trunk"), (CrossStitch, "whole model")])
+def test_compile_aot_eager_matches_eager_for_a_gradient_balancer(family, compiled):
+    """The gradient engine through a compiled trunk (HardSharing: representation path) or a compiled whole
+    model (CrossStitch: one backward per task through it), captured by dynamo and AOT autograd without code
+    generation: the same weights and losses as eager, to float32 rounding."""
+    tasks, data = synthetic()
+    runs = []
+    for backend in (False, "aot_eager"):
+        torch.manual_seed(0)
+        model = family.tabular(tasks, InputSchema(8), hidden=(16,), head_hidden=(8,))
+        trainer = Trainer(model, tasks, BALANCERS["mgda"](tasks), epochs=1, batch_size=128, lr=1e-2,
+                          progress=False, compile=backend)
+        runs.append(trainer.fit(data)[-1])
+    assert trainer.compiled.startswith(compiled)
+    eager, traced = runs
+    for t, w in eager["weights"].items():
+        assert traced["weights"][t] == pytest.approx(w, rel=1e-4, abs=1e-6)
+        assert traced["train_loss"][t] == pytest.approx(eager["train_loss"][t], rel=1e-5)
 
 
 @pytest.mark.skipif(compile_problem("inductor", "cpu") is not None or cpp_compiler() is None,
