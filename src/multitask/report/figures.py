@@ -350,16 +350,19 @@ def compared_validation(histories: dict[str, Sequence[dict]], tasks: Sequence[st
     return fig
 
 
-def _label_points(ax: Any, xs: np.ndarray, ys: np.ndarray, labels: Sequence[str]) -> None:
-    """Label the points, skipping a label that would overlap one already placed (within 15% of the x range,
-    labels being wide, and 6% of the y range); the table names every run."""
+def _label_points(ax: Any, xs: np.ndarray, ys: np.ndarray, labels: Sequence[str],
+                  first: np.ndarray | None = None) -> None:
+    """Label the points (those marked `first`, e.g. the front, before the others), skipping a label that would
+    overlap one already placed (within 15% of the x range, labels being wide, and 6% of the y range); the
+    table names every run."""
     ok = np.isfinite(xs) & np.isfinite(ys)
     if not ok.any():
         return
     span_x = max(float(np.ptp(xs[ok])), 1e-12)
     span_y = max(float(np.ptp(ys[ok])), 1e-12)
     placed: list[tuple[float, float]] = []
-    for x, y, lab in zip(xs, ys, labels):
+    order = np.argsort(~first, kind="stable") if first is not None else range(len(labels))  # `first` labelled first
+    for x, y, lab in ((xs[i], ys[i], labels[i]) for i in order):
         if not (math.isfinite(x) and math.isfinite(y)):
             continue
         if any(abs(x - px) / span_x < 0.15 and abs(y - py) / span_y < 0.06 for px, py in placed):
@@ -397,7 +400,7 @@ def pareto_plot(values: np.ndarray, objectives: Sequence[str], on_front: Sequenc
             f = values[front][np.argsort(values[front, a])]
             ax.plot(f[:, a], f[:, b], color="#555555", linewidth=1, zorder=2)
         if len(labels) <= 24:
-            _label_points(ax, values[:, a], values[:, b], labels)
+            _label_points(ax, values[:, a], values[:, b], labels, front)
         for axis, o in ((ax.xaxis, objectives[a]), (ax.yaxis, objectives[b])):
             metric = o.rpartition(".")[2]
             axis.set_label_text(f"{o} ({'higher' if HIGHER_IS_BETTER.get(metric, True) else 'lower'} is better)",
