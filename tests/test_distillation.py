@@ -221,3 +221,99 @@ def test_distillation_resumes_bit_identically(tmp_path):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
         ta, tb = a.distill.teacher.model.state_dict(), b.distill.teacher.model.state_dict()
         assert all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+# ------------------------------------------------------------------------------------------ YAML and CLI
+def _cli_config(tmp_path, **distill):
+    from test_sources import raw_config, write_sources
+
+    write_sources(tmp_path)
+    raw = raw_config(tmp_path, sampling="round_robin", epochs=2)
+    raw["baselines"] = "auto"
+    raw["distill"] = distill
+    return raw
+
+
+def test_cli_trains_with_single_task_teachers_from_the_baseline_run(tmp_path):
+    import json
+
+    import yaml
+
+    from multitask.cli import main
+
+    raw = _cli_config(tmp_path, kind="teachers", teachers="auto", weight={"action": 1.0, "topic": 0.5},
+                      temperature=2.0)
+    raw["trainer"]["per_task_patience"] = 1
+    raw["trainer"]["protect"] = "distill"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run")]) == 0
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["distill"]["kind"] == "teachers" and final["distill"]["teacher_seconds"] > 0
+    assert set(final["per_task_stop"]) == {"action", "topic", "length"}
+    for s in final["per_task_stop"].values():
+        assert {"stop_epoch", "at_stop", "at_end", "metric"} <= set(s)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert set(lines[-1]["distill_loss"]) == {"action", "topic"}  # length has no weight: not distilled
+    # the run directory of the teachers can be named explicitly by another run; previous_self from YAML too
+    raw2 = dict(raw, baselines="none", distill={"kind": "teachers", "teachers": str(tmp_path / "run" / "baseline")})
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(raw2))
+    assert main(["train", str(tmp_path / "d.yaml"), "--out", str(tmp_path / "run2")]) == 0
+    raw3 = dict(raw, baselines="none", distill={"kind": "previous_self", "ema": 0.99})
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(raw3))
+    assert main(["train", str(tmp_path / "e.yaml"), "--out", str(tmp_path / "run3")]) == 0
+
+
+def test_config_errors_name_the_distill_field(tmp_path, no_work):
+    from multitask.config import ConfigError, validate
+
+    cases = [
+        ({"kind": "teachers"}, "distill.teachers: kind: teachers needs"),
+        ({"kind": "previous_self", "teachers": "auto"}, "distill.teachers: only kind: teachers"),
+        ({"kind": "teachers", "teachers": "auto", "ema": 0.9}, "distill.ema: only kind: previous_self"),
+        ({"kind": "previous_self", "weight": {"nope": 1.0}}, "distill.weight.nope: unknown task"),
+        ({"kind": "previous_self", "ema": 1.0}, "distill.ema"),
+        ({"kind": "previous_self", "temperature": 0}, "distill.temperature"),
+        ({"kind": "previous_self", "refresh": 0}, "distill.refresh"),
+        ({"kind": "teachers", "teachers": str(tmp_path)}, "is not a run directory"),
+    ]
+    for distill, match in cases:
+        raw = _cli_config(tmp_path, **distill)
+        with pytest.raises(ConfigError, match=match):
+            validate(raw)
+    raw = _cli_config(tmp_path, kind="teachers", teachers="auto")
+    raw["baselines"] = "none"
+    with pytest.raises(ConfigError, match="set baselines: auto"):
+        validate(raw)
+    raw = _cli_config(tmp_path, kind="previous_self")
+    raw["trainer"].update(per_task_patience=2, patience=2)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        validate(raw)
+
+
+def test_a_teacher_run_with_other_tasks_or_inputs_is_a_config_error(tmp_path):
+    import yaml
+
+    from multitask.cli import main
+    from multitask.config import ConfigError, validate
+    from multitask.experiment import run
+
+    raw = _cli_config(tmp_path, kind="previous_self")
+    raw["distill"] = None
+    raw["baselines"] = "none"
+    raw["tasks"] = {"action": {}, "topic": {}}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "teacher")]) == 0
+    bad = _cli_config(tmp_path, kind="teachers", teachers=str(tmp_path / "teacher"))
+    bad["baselines"] = "none"
+    with pytest.raises(ConfigError, match="different tasks: it has action, topic, not length"):
+        validate(bad)
+    # the same tasks but other inputs (a split with another seed: other feature statistics)
+    other = dict(_cli_config(tmp_path, kind="previous_self"), baselines="none", distill=None)
+    other["data"]["split"] = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 7}
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(other))
+    assert main(["train", str(tmp_path / "o.yaml"), "--out", str(tmp_path / "other")]) == 0
+    bad["distill"] = {"kind": "teachers", "teachers": str(tmp_path / "other")}
+    with pytest.raises(ConfigError, match="trained on other inputs"):
+        run(validate(bad), tmp_path / "student")
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(bad))
+    assert main(["train", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "student2")]) == 2
