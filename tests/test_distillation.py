@@ -254,6 +254,8 @@ def test_cli_trains_with_single_task_teachers_from_the_baseline_run(tmp_path):
         assert {"stop_epoch", "at_stop", "at_end", "metric"} <= set(s)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert set(lines[-1]["distill_loss"]) == {"action", "topic"}  # length has no weight: not distilled
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()  # per-task: the final model is last.pt
+    assert main(["evaluate", str(tmp_path / "run"), "--json", str(tmp_path / "ev.json")]) == 0
     # the run directory of the teachers can be named explicitly by another run; previous_self from YAML too
     raw2 = dict(raw, baselines="none", distill={"kind": "teachers", "teachers": str(tmp_path / "run" / "baseline")})
     (tmp_path / "d.yaml").write_text(yaml.safe_dump(raw2))
