@@ -319,3 +319,20 @@ def test_a_teacher_run_with_other_tasks_or_inputs_is_a_config_error(tmp_path):
         run(validate(bad), tmp_path / "student")
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(bad))
     assert main(["train", str(tmp_path / "b.yaml"), "--out", str(tmp_path / "student2")]) == 2
+
+
+@pytest.mark.parametrize("name,options", [("uncertainty", {}), ("pcgrad", {}), ("mgda", {"mode": "features"}),
+                                          ("upgrad", {})])
+def test_every_kind_of_balancer_sees_the_distillation_term_as_the_tasks_loss(name, options):
+    """Loss- and gradient-based balancers (parameters and features modes) train with distilled tasks that
+    have no label in the step: every task has a loss on every step after the first, all finite."""
+    from multitask.balancing import BALANCERS
+
+    tasks, data, sizes = _two_sources()
+    trainer = Trainer(_model(tasks), tasks, BALANCERS[name](tasks, **options), epochs=1, batch_size=32, lr=1e-2,
+                      progress=False, distill=Distillation(PreviousSelf(refresh=1), weight=1.0))
+    history = trainer.fit(SourceBatches(data, sizes, "round_robin"))
+    steps = history[0]["steps"]
+    assert history[0]["steps_per_task"] == {"reg": steps, "bin": steps - 1, "cls": steps - 1}
+    assert all(math.isfinite(v) for v in history[0]["train_loss"].values())
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
