@@ -154,3 +154,28 @@ def test_options_are_checked():
         Trainer(_model(tasks), tasks, per_task_patience=2, protect="keep")
     with pytest.raises(ValueError, match="need validation data"):
         _trainer(tasks).fit(synthetic(64)[1])
+
+
+def test_when_every_task_has_stopped_the_model_goes_back_to_the_last_improvement(monkeypatch):
+    """reg improves at epochs 1-3, bin and cls only at 1; patience 2: bin and cls stop at 3, reg at 5. The final
+    model is the trunk (and reg's head) of epoch 3, the last epoch any task improved, with bin's and cls's
+    heads of epoch 1."""
+    tasks, train, val = _data()
+    trainer = _trainer(tasks, epochs=10, patience=2)
+    reg = iter([3.0, 2.0, 1.0, 1.5, 1.5, 1.5, 1.5])
+
+    def fake(data):
+        return {"loss": {t.name: 1.0 for t in tasks},
+                "metrics": {"reg": {"mse": next(reg)}, "bin": {"auc": 0.5}, "cls": {"accuracy": 0.3}}}
+    monkeypatch.setattr(trainer, "evaluate", fake)
+    seen = Heads()
+    history = trainer.fit(train, val, callbacks=[seen])
+    assert len(history) == 5 and history[-1]["stopped"] == {"bin": 3, "cls": 3, "reg": 5}
+    assert trainer.convergence.last_improved == 3
+    model = trainer.model
+    for p, q in zip(model.shared_parameters(), seen.seen[2]["shared"]):
+        assert torch.equal(p, q)
+    for t, e in (("reg", 3), ("bin", 1), ("cls", 1)):
+        for p, q in zip(model.task_parameters(t), seen.seen[e - 1][t]):
+            assert torch.equal(p, q), t
+    assert any(not torch.equal(p, q) for p, q in zip(seen.seen[3]["shared"], seen.seen[2]["shared"]))

@@ -11,8 +11,11 @@ parameters keep training for the tasks still running. What happens to k's loss t
   row of the batch (`multitask.training.distillation.distill_loss`, T = 1), so the shared trunk is held to
   what k's frozen head expects while it keeps training for the others.
 
-Training ends when every task has stopped (or at `epochs`). This differs from whole-model early stopping,
-which keeps one epoch's weights for everything: here each task's head is its best, and the trunk is the last.
+Training ends when every task has stopped (or at `epochs`). When every task has stopped, the epochs after the
+last improvement of any task only waited out the patience: the model is then set back to its state at that
+epoch E* (each stopped head being, as before, its own best). When training ends at `epochs` with tasks still
+running, the trunk is the last epoch's. This differs from whole-model early stopping, which keeps one epoch's
+weights for everything: here each task's head is its best, and the trunk is the one of E* (or the last).
 """
 from __future__ import annotations
 
@@ -53,6 +56,8 @@ class TaskConvergence:
         self.best_heads: dict[str, dict[str, Tensor]] = {}  # task -> its own parameters at its best epoch
         self.best_models: dict[str, dict[str, Tensor]] = {}  # protect: task -> the whole model at its best epoch
         self.teachers: dict[str, torch.nn.Module] = {}  # protect: stopped task -> that model, frozen
+        self.last_improved = -1  # E*: the last epoch in which any task improved
+        self.last_improved_state: dict[str, Tensor] | None = None  # the whole model then
 
     @property
     def all_stopped(self) -> bool:
@@ -86,8 +91,16 @@ class TaskConvergence:
                 self.bad[t] += 1
             if self.bad[t] >= self.patience:
                 newly.append(t)
+        if any(self.best_epoch[t] == epoch for t in self.tasks):
+            self.last_improved = epoch
+            self.last_improved_state = snapshot or {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         for t in newly:
             self._stop(t, epoch)
+        if newly and self.all_stopped and self.last_improved_state is not None:
+            self.model.load_state_dict(self.last_improved_state)  # back to E*, then every head to its best
+            for t in self.stopped:
+                for n, v in self.best_heads.get(t, {}).items():
+                    params[n].copy_(v)
         return newly
 
     @torch.no_grad()
@@ -139,13 +152,16 @@ class TaskConvergence:
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": dict(self.best), "best_epoch": dict(self.best_epoch), "bad": dict(self.bad),
-                "stopped": dict(self.stopped), "best_heads": self.best_heads, "best_models": self.best_models}
+                "stopped": dict(self.stopped), "best_heads": self.best_heads, "best_models": self.best_models,
+                "last_improved": self.last_improved, "last_improved_state": self.last_improved_state}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best, self.best_epoch = dict(state["best"]), dict(state["best_epoch"])
         self.bad, self.stopped = dict(state["bad"]), dict(state["stopped"])
         self.best_heads = dict(state["best_heads"])
         self.best_models = dict(state["best_models"])
+        self.last_improved = int(state.get("last_improved", -1))
+        self.last_improved_state = state.get("last_improved_state")
         self.teachers = {t: self._teacher(self.best_models[t]) for t in self.stopped if t in self.best_models}
 
 
