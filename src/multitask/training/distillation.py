@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -271,8 +272,6 @@ class Distillation:
         wanted = [t for t, m in masks.items() if m is not None and self.weight_of(t) > 0 and not bool(m.all())]
         if not wanted or not self.teacher.ready():
             return {}
-        import time
-
         start = time.perf_counter()
         soft = self.teacher.outputs(inputs, wanted)
         self.seconds += time.perf_counter() - start
@@ -284,9 +283,11 @@ class Distillation:
     def _term(self, task: Task, soft: Tensor, missing: Tensor, weight: float) -> Callable[[Tensor], Tensor]:
         def fn(output: Tensor) -> Tensor:
             value = weight * masked_mean(distill_loss(task, output, soft, self.temperature), missing)
-            total = self._sums.setdefault(task.name, [0.0, 0])
-            total[0] += float(value.detach())
-            total[1] += 1
+            seen = float(value.detach())
+            if math.isfinite(seen):  # a step skipped for a non-finite value is left out of the epoch's mean
+                total = self._sums.setdefault(task.name, [0.0, 0])
+                total[0] += seen
+                total[1] += 1
             return value
         return fn
 
