@@ -86,6 +86,8 @@ def table1_run(bundle, half, sizes, row: str, seed: int, epochs: int, lr: float,
     distill = None
     if row == "previous-self distillation":
         distill = Distillation(PreviousSelf(refresh="epoch"), weight=1.0)
+    elif row == "previous-self distillation (EMA 0.99)":
+        distill = Distillation(PreviousSelf(ema=0.99, warmup=len(half) // 256 + 1), weight=1.0)
     elif row == "single-task-teacher distillation":
         distill = Distillation(FixedTeachers({t: teacher for t in TASKS}), weight=1.0)
     trainer = trainer_for(bundle, model, seed, epochs, lr, distill)
@@ -110,14 +112,19 @@ def forgetting(bundle, half, sizes, seed, pre_epochs, steps, every, lr, teacher)
     trainer_for(bundle, base, seed, pre_epochs, lr).fit(half, bundle.val)
     b_rows = torch.arange(sizes["A"], len(half))
     curves = {}
-    for variant in ("masking", "previous self (snapshot at the switch)", "single-task teacher"):
+    for variant in ("masking", "previous self (snapshot at the switch)", "previous self (EMA 0.99 from the switch)",
+                    "single-task teacher"):
         model = copy.deepcopy(base)
         distill = None
         if variant.startswith("previous"):
             distill = Distillation(FixedTeachers({"income": copy.deepcopy(base)}), weight={"income": 1.0})
+        elif variant.startswith("previous self (EMA"):
+            distill = Distillation(PreviousSelf(ema=0.99), weight={"income": 1.0})
         elif variant == "single-task teacher":
             distill = Distillation(FixedTeachers({"income": teacher}), weight={"income": 1.0})
         tr = trainer_for(bundle, model, seed, 1, lr, distill)
+        if distill is not None:
+            distill.teacher.start(model)  # an EMA teacher starts from the model at the switch (others: no-op)
         g = torch.Generator().manual_seed(seed)
         order = b_rows[torch.randperm(len(b_rows), generator=g)]
         points = []
@@ -221,7 +228,7 @@ def main() -> None:
     t0 = time.perf_counter()
     bundle = load_census_income(limit=args.limit, seed=0, tasks=TASKS)
     rows = ["fully labelled (upper bound)", "masking, mixed batches", "alternating sources (round robin)",
-            "previous-self distillation", "single-task-teacher distillation"]
+            "previous-self distillation", "previous-self distillation (EMA 0.99)", "single-task-teacher distillation"]
     if args.cost_only:
         out = Path(args.out)
         result = json.loads((out / "incomplete_labels.json").read_text())
