@@ -336,3 +336,15 @@ def test_every_kind_of_balancer_sees_the_distillation_term_as_the_tasks_loss(nam
     assert history[0]["steps_per_task"] == {"reg": steps, "bin": steps - 1, "cls": steps - 1}
     assert all(math.isfinite(v) for v in history[0]["train_loss"].values())
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_a_teacher_serving_several_tasks_runs_once_per_batch():
+    tasks, data = synthetic(16)
+    calls = []
+    teacher = _model(tasks, seed=2)
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    fixed = FixedTeachers({t.name: teacher for t in tasks})
+    assert len({id(m) for m in fixed.teachers.values()}) == 1 and fixed.teachers["reg"] is not teacher
+    calls.clear()
+    out = fixed.outputs(data.inputs, ["reg", "cls"])
+    assert sorted(out) == ["cls", "reg"] and len(calls) == 1

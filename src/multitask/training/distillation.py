@@ -194,14 +194,14 @@ class FixedTeachers(Teacher):
     def __init__(self, teachers: Mapping[str, torch.nn.Module]) -> None:
         if not teachers:
             raise ValueError("FixedTeachers needs at least one {task: model}")
-        self.teachers = {t: _frozen_copy(m) for t, m in teachers.items()}
-        # a model shared by several tasks runs once per batch
+        copies: dict[int, torch.nn.Module] = {}  # one frozen copy per distinct model, run once per batch
         self._groups: dict[int, tuple[torch.nn.Module, list[str]]] = {}
-        for t, m in self.teachers.items():
-            self._groups.setdefault(id(teachers[t]), (m, []))[1].append(t)
-        for m, ts in self._groups.values():  # one copy per distinct model
-            for t in ts:
-                self.teachers[t] = m
+        self.teachers: dict[str, torch.nn.Module] = {}
+        for t, m in teachers.items():
+            if id(m) not in copies:
+                copies[id(m)] = _frozen_copy(m)
+            self.teachers[t] = copies[id(m)]
+            self._groups.setdefault(id(m), (copies[id(m)], []))[1].append(t)
 
     def outputs(self, inputs: Any, tasks: Sequence[str]) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
