@@ -276,6 +276,8 @@ def test_config_errors_name_the_distill_field(tmp_path, no_work):
         ({"kind": "previous_self", "ema": 1.0}, "distill.ema"),
         ({"kind": "previous_self", "temperature": 0}, "distill.temperature"),
         ({"kind": "previous_self", "refresh": 0}, "distill.refresh"),
+        ({"kind": "previous_self", "refresh": 5, "ema": 0.9}, "set refresh or ema, not both"),
+        ({"kind": "teachers", "teachers": "auto", "warmup": 3}, "distill.warmup: only kind: previous_self"),
         ({"kind": "teachers", "teachers": str(tmp_path)}, "is not a run directory"),
     ]
     for distill, match in cases:

@@ -502,9 +502,13 @@ def _check_distill(cfg: RunConfig, tasks: list) -> None:
     if d.kind == "previous_self":
         if d.teachers is not None:
             raise ConfigError("distill.teachers: only kind: teachers takes it (previous_self is its own teacher)")
+        if d.ema is not None and "refresh" in d.model_fields_set:
+            raise ConfigError("distill.refresh: an EMA teacher (distill.ema) is updated every step; set refresh "
+                              "or ema, not both")
         return
-    if d.ema is not None or "refresh" in d.model_fields_set:
-        raise ConfigError(f"distill.{'ema' if d.ema is not None else 'refresh'}: only kind: previous_self takes it")
+    for option in ("ema", "refresh", "warmup"):
+        if option in d.model_fields_set:
+            raise ConfigError(f"distill.{option}: only kind: previous_self takes it")
     if d.teachers is None:
         raise ConfigError("distill.teachers: kind: teachers needs 'auto' (the single-task run of baselines: auto) "
                           "or the run directory of the teachers")
