@@ -350,3 +350,17 @@ def test_a_teacher_serving_several_tasks_runs_once_per_batch():
     calls.clear()
     out = fixed.outputs(data.inputs, ["reg", "cls"])
     assert sorted(out) == ["cls", "reg"] and len(calls) == 1
+
+
+def test_warmup_counts_steps_for_both_kinds_of_previous_self():
+    tasks, data, sizes = _two_sources()
+    model = _model(tasks)
+    for teacher, ready_after in ((PreviousSelf(refresh=2, warmup=5), 5), (PreviousSelf(ema=0.9, warmup=3), 3),
+                                 (PreviousSelf(refresh=4), 4)):
+        teacher.bind(model)
+        teacher.start(model)
+        states = []
+        for step in range(1, 8):
+            states.append(teacher.ready())
+            teacher.after_step(model, step)
+        assert states == [k >= ready_after for k in range(7)], (teacher.refresh, teacher.ema, states)

@@ -114,8 +114,9 @@ class PreviousSelf(Teacher):
     """The student's own earlier weights: a snapshot refreshed every `refresh` steps (an int) or at the end of
     every epoch (``refresh="epoch"``), or an exponential moving average (`ema` in (0, 1)).
 
-    A snapshot teacher becomes `ready` at its first refresh (before it, it would be the random initial weights);
-    an EMA teacher starts from the student's weights at the start of `fit` and is ready after `warmup` steps."""
+    A snapshot teacher is `ready` from its first refresh on (before it, it would be the random initial weights);
+    an EMA teacher starts from the student's weights at the start of `fit`. Neither is ready before the
+    student has taken `warmup` steps."""
 
     def __init__(self, refresh: int | str | None = "epoch", ema: float | None = None, warmup: int = 0) -> None:
         if ema is not None:
@@ -129,6 +130,7 @@ class PreviousSelf(Teacher):
         self.refresh, self.ema, self.warmup = refresh, (None if ema is None else float(ema)), warmup
         self.model: torch.nn.Module | None = None
         self.refreshes = 0  # snapshots taken (snapshot mode) / EMA updates made (ema mode)
+        self.steps = 0  # student steps seen since `start`
 
     def bind(self, student: MultiTaskModel) -> None:
         self.model = _frozen_copy(student)
@@ -137,12 +139,12 @@ class PreviousSelf(Teacher):
         if self.model is None:
             self.bind(student)
         self._copy_from(student)
-        self.refreshes = 0
+        self.refreshes = self.steps = 0
 
     def ready(self) -> bool:
         if self.model is None:
             return False
-        return self.refreshes >= max(self.warmup, 1) if self.ema is None else self.refreshes >= self.warmup
+        return self.steps >= self.warmup and (self.ema is not None or self.refreshes >= 1)
 
     def outputs(self, inputs: Any, tasks: Sequence[str]) -> dict[str, Tensor]:
         return _run(self.model, inputs, tasks)
@@ -154,6 +156,7 @@ class PreviousSelf(Teacher):
 
     @torch.no_grad()
     def after_step(self, student: MultiTaskModel, step: int) -> None:
+        self.steps += 1
         if self.ema is not None:  # theta_T <- a theta_T + (1 - a) theta_S on every float entry; counters copied
             a = self.ema
             for mine, theirs in zip(self.model.state_dict().values(), student.state_dict().values()):
@@ -177,7 +180,8 @@ class PreviousSelf(Teacher):
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": None if self.model is None else self.model.state_dict(), "refreshes": self.refreshes}
+        return {"model": None if self.model is None else self.model.state_dict(), "refreshes": self.refreshes,
+                "steps": self.steps}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("model") is not None:
@@ -185,6 +189,7 @@ class PreviousSelf(Teacher):
                 raise RuntimeError("PreviousSelf.load_state_dict before the teacher was bound to a student")
             self.model.load_state_dict(state["model"])
         self.refreshes = int(state.get("refreshes", 0))
+        self.steps = int(state.get("steps", 0))
 
 
 class FixedTeachers(Teacher):
