@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import synthetic
 from multitask import HardSharing, InputSchema, Task, Trainer
