@@ -116,7 +116,7 @@ def forgetting(bundle, half, sizes, seed, pre_epochs, steps, every, lr, teacher)
                     "single-task teacher"):
         model = copy.deepcopy(base)
         distill = None
-        if variant.startswith("previous"):
+        if variant.startswith("previous self (snapshot"):
             distill = Distillation(FixedTeachers({"income": copy.deepcopy(base)}), weight={"income": 1.0})
         elif variant.startswith("previous self (EMA"):
             distill = Distillation(PreviousSelf(ema=0.99), weight={"income": 1.0})
