@@ -363,3 +363,20 @@ def test_warmup_counts_steps_for_both_kinds_of_previous_self():
             states.append(teacher.ready())
             teacher.after_step(model, step)
         assert states == [k >= ready_after for k in range(7)], (teacher.refresh, teacher.ema, states)
+
+
+def test_an_ema_teacher_starts_averaging_when_warmup_ends():
+    tasks, data, sizes = _two_sources()
+    model = _model(tasks)
+    teacher = PreviousSelf(ema=0.5, warmup=2)
+    trainer = Trainer(model, tasks, batch_size=32, lr=1e-2, progress=False, distill=Distillation(teacher))
+    teacher.start(model)
+    seen = []
+    for k in range(3):
+        b = data.subset(torch.arange(32 * k, 32 * (k + 1)))
+        trainer.train_step(b.inputs, b.targets)
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    t = dict(teacher.model.named_parameters())
+    # steps 1-2: the teacher follows the student; step 3: 0.5 * theta_2 + 0.5 * theta_3
+    for n in t:
+        assert torch.allclose(t[n], 0.5 * seen[1][n] + 0.5 * seen[2][n], atol=1e-7), n

@@ -115,7 +115,8 @@ class PreviousSelf(Teacher):
     every epoch (``refresh="epoch"``), or an exponential moving average (`ema` in (0, 1)).
 
     A snapshot teacher is `ready` from its first refresh on (before it, it would be the random initial weights);
-    an EMA teacher starts from the student's weights at the start of `fit`. Neither is ready before the
+    an EMA teacher starts from the student's weights after `warmup` steps (at the start of `fit` without
+    warmup), so that the random initial weights do not linger in the average. Neither is ready before the
     student has taken `warmup` steps."""
 
     def __init__(self, refresh: int | str | None = "epoch", ema: float | None = None, warmup: int = 0) -> None:
@@ -157,7 +158,9 @@ class PreviousSelf(Teacher):
     @torch.no_grad()
     def after_step(self, student: MultiTaskModel, step: int) -> None:
         self.steps += 1
-        if self.ema is not None:  # theta_T <- a theta_T + (1 - a) theta_S on every float entry; counters copied
+        if self.ema is not None and self.steps <= self.warmup:  # the average starts when warmup ends
+            self._copy_from(student)
+        elif self.ema is not None:  # theta_T <- a theta_T + (1 - a) theta_S on every float entry; counters copied
             a = self.ema
             for mine, theirs in zip(self.model.state_dict().values(), student.state_dict().values()):
                 if mine.is_floating_point():
