@@ -139,10 +139,26 @@ class TrainerSection(_Strict):
     loggers: list[Literal["jsonl", "tensorboard", "mlflow"]] = Field(
         ["jsonl"], description="where metrics go besides metrics.jsonl (always written)")
 
+    per_task_patience: Optional[Int] = Field(None, ge=1, description="stop (freeze) each task on its own metric")
+    protect: Literal["none", "distill"] = Field("none", description="a stopped task's loss: none, or distillation "
+                                                "from the model at its best epoch")
+
     @field_validator("precision")
     @classmethod
     def _precision(cls, v: Any) -> str:
         return str(v)
+
+
+class DistillConfig(_Strict):
+    """Distillation for tasks without labels (multitask.training.distillation)."""
+
+    kind: Literal["previous_self", "teachers"]
+    teachers: Optional[str] = Field(None, description="kind teachers: 'auto' (the baselines: auto run) or a run dir")
+    refresh: Union[Literal["epoch"], Int] = Field("epoch", description="previous_self: 'epoch' or every N steps")
+    ema: Optional[Num] = Field(None, gt=0, lt=1, description="previous_self: an EMA teacher instead of snapshots")
+    warmup: Int = Field(0, ge=0, description="steps before distillation starts")
+    weight: Union[Num, dict[str, Num]] = Field(1.0, description="lambda: one number, or per task (others: 0)")
+    temperature: Num = Field(1.0, gt=0, description="T of the softened cross-entropy (multiclass tasks)")
 
 
 class RunConfig(_Strict):
@@ -152,6 +168,7 @@ class RunConfig(_Strict):
     balancer: NamedConfig = NamedConfig(name="equal")
     trainer: TrainerSection = TrainerSection()
     baselines: str = Field("none", description="'none', 'auto' (train Independent first) or a run dir / final.json")
+    distill: Optional[DistillConfig] = Field(None, description="distillation on rows without a task's label")
 
     @field_validator("baselines")
     @classmethod
@@ -284,6 +301,7 @@ def validate(raw: Mapping[str, Any], deep: bool = True) -> RunConfig:
     _check_data(cfg)
     tasks = planned_tasks(cfg)
     _check_monitor(cfg, tasks)
+    _check_distill(cfg, tasks)
     check_device(cfg.trainer.device)
     _try_build(cfg, tasks)
     return cfg
@@ -474,6 +492,69 @@ def _check_monitor(cfg: RunConfig, tasks: list) -> None:
             groups.setdefault(tuple(t.metrics), []).append(t.name)
         allowed = "; ".join(f"{'/'.join(names)} with {', '.join(ms)}" for ms, names in groups.items())
         raise ConfigError(f"trainer.monitor: {monitor!r} is not available; use 'loss' or '<task>.<metric>': {allowed}")
+
+
+def _check_distill(cfg: RunConfig, tasks: list) -> None:
+    """The `distill:` section fits its kind, names known tasks, and a teacher run has this config's tasks."""
+    d = cfg.distill
+    if d is None:
+        return
+    names = [t.name for t in tasks]
+    if isinstance(d.refresh, int) and d.refresh < 1:
+        raise ConfigError(f"distill.refresh: 'epoch' or a number of steps >= 1, got {d.refresh}")
+    if isinstance(d.weight, dict):
+        for t, w in d.weight.items():
+            if t not in names:
+                raise ConfigError(f"distill.weight.{t}: unknown task; the tasks are {', '.join(names)}")
+            if w < 0:
+                raise ConfigError(f"distill.weight.{t}: must be >= 0, got {w:g}")
+    elif d.weight < 0:
+        raise ConfigError(f"distill.weight: must be >= 0, got {d.weight:g}")
+    if d.kind == "previous_self":
+        if d.teachers is not None:
+            raise ConfigError("distill.teachers: only kind: teachers takes it (previous_self is its own teacher)")
+        if d.ema is not None and "refresh" in d.model_fields_set:
+            raise ConfigError("distill.refresh: an EMA teacher (distill.ema) is updated every step; set refresh "
+                              "or ema, not both")
+        return
+    for option in ("ema", "refresh", "warmup"):
+        if option in d.model_fields_set:
+            raise ConfigError(f"distill.{option}: only kind: previous_self takes it")
+    if d.teachers is None:
+        raise ConfigError("distill.teachers: kind: teachers needs 'auto' (the single-task run of baselines: auto) "
+                          "or the run directory of the teachers")
+    if d.teachers == "auto":
+        if cfg.model.name == "independent":
+            raise ConfigError("distill.teachers: 'auto' is the single-task run of baselines: auto, and this model "
+                              "is that run (model: independent); name a run directory instead")
+        if cfg.baselines != "auto":
+            raise ConfigError("distill.teachers: 'auto' reuses the single-task run of baselines: auto; set "
+                              "baselines: auto (or name a run directory)")
+        return
+    teacher_tasks(Path(d.teachers), tasks)
+
+
+def teacher_tasks(run_dir: Path, tasks: list) -> dict:
+    """The tasks of a teacher run directory, checked against `tasks` (each must be there with the same kind and
+    outputs); a ConfigError naming the field and what differs."""
+    import json
+
+    where = f"distill.teachers: {run_dir}"
+    if not run_dir.is_dir() or not (run_dir / "tasks.json").exists():
+        raise ConfigError(f"{where} is not a run directory (no tasks.json)")
+    try:
+        theirs = {t["name"]: t for t in json.loads((run_dir / "tasks.json").read_text())}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{where}: tasks.json cannot be read ({_reason(e)})") from None
+    missing = [t.name for t in tasks if t.name not in theirs]
+    if missing:
+        raise ConfigError(f"{where} has different tasks: it has {', '.join(theirs)}, not {', '.join(missing)}")
+    for t in tasks:
+        o = theirs[t.name]
+        if (o.get("kind"), o.get("n_outputs")) != (t.kind, t.n_outputs):
+            raise ConfigError(f"{where}: task {t.name!r} is {o.get('kind')} with {o.get('n_outputs')} output(s) "
+                              f"there, {t.kind} with {t.n_outputs} here")
+    return theirs
 
 
 def check_device(device: str) -> None:

@@ -26,6 +26,7 @@ from multitask.models import ImageSpec, InputSchema, MultiTaskModel
 from multitask.models.task_inputs import TaskInputs, visible_columns
 from multitask.tasks import Task
 from multitask.training import Trainer, TrainerConfig, read_metrics
+from multitask.training.distillation import Distillation, FixedTeachers, PreviousSelf
 from multitask.training.checkpoint import remove_temporaries
 from multitask.training.distributed import is_main
 from multitask.errors import message
@@ -145,18 +146,45 @@ def baseline_config(cfg: RunConfig) -> RunConfig:
     raw["model"] = {"name": "independent", **cfgmod.shared_model_options(cfg, "independent")}
     raw["balancer"] = {"name": "equal"}
     raw["baselines"] = "none"
+    raw["distill"] = None  # the teachers themselves learn from their labels alone
     return cfgmod.validate(raw)
 
 
+def build_distillation(cfg: RunConfig, bundle: DatasetBundle, out: Path) -> Distillation | None:
+    """The `distill:` section as a `Distillation`: the previous self, or fixed teachers loaded from a run
+    directory (`auto`: this run's `baseline/`); a teacher run with other tasks or inputs is a ConfigError."""
+    d = cfg.distill
+    if d is None:
+        return None
+    if d.kind == "previous_self":
+        teacher = PreviousSelf(refresh=d.refresh, ema=d.ema, warmup=d.warmup)
+    else:
+        source = out / "baseline" if d.teachers == "auto" else Path(d.teachers)
+        teacher = FixedTeachers(load_teachers(source, bundle))
+    return Distillation(teacher, weight=d.weight, temperature=d.temperature)
+
+
+def load_teachers(run_dir: Path, bundle: DatasetBundle) -> dict[str, torch.nn.Module]:
+    """{task: model} from a finished run whose tasks and inputs are this bundle's (its best weights)."""
+    cfgmod.teacher_tasks(run_dir, bundle.tasks)
+    _, _, pre, trainer, _ = load_run(run_dir)
+    mine, theirs = (json.loads(json.dumps(p.to_dict())) for p in (bundle.preprocessor, pre))
+    if mine != theirs:
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise ConfigError(f"distill.teachers: {run_dir} was trained on other inputs (its preprocessor.json differs "
+                          f"in {', '.join(differ) or 'its values'}): a teacher must read the same features")
+    return {t.name: trainer.model for t in bundle.tasks}
+
+
 def train_one(cfg: RunConfig, bundle: DatasetBundle, out: Path, resume: bool, model_name: str | None = None,
-              balancer_name: str | None = None) -> dict:
+              balancer_name: str | None = None, distill: Distillation | None = None) -> dict:
     """Train one model into `out` and write its final.json (no Δm); returns that record."""
     out.mkdir(parents=True, exist_ok=True)
     if model_name is not None and model_name != cfg.model.name:  # the baselines: a run directory of their own
         write_run_files(out, baseline_config(cfg), bundle)
     model = build_model(cfg, bundle.tasks, bundle.preprocessor.schema, model_name)
     balancer = build_balancer(cfg, bundle.tasks, balancer_name)
-    trainer = Trainer(model, bundle.tasks, balancer, trainer_config(cfg), run_dir=out)
+    trainer = Trainer(model, bundle.tasks, balancer, trainer_config(cfg), run_dir=out, distill=distill)
     resume = resume and (out / "checkpoints" / "last.pt").exists()
     history = trainer.fit(bundle.training_data(), bundle.val, resume=resume)
     test = trainer.evaluate(bundle.test)  # regression metrics in original units (Task.target_std)
@@ -177,6 +205,11 @@ def train_one(cfg: RunConfig, bundle: DatasetBundle, out: Path, resume: bool, mo
         "skipped_steps": trainer.skipped_steps,
         **distributed_fields(trainer),
     }
+    if trainer.convergence is not None:  # per task: stop epoch, its metric at the stop (its best) and at the end
+        final["per_task_stop"] = trainer.convergence.summary(val["metrics"])
+    if distill is not None:
+        final["distill"] = {"kind": cfg.distill.kind,
+                            "teacher_seconds": sum(r.get("teacher_seconds", 0.0) for r in read_metrics(out))}
     if is_main():
         write_json(out / "final.json", final)
     return final
@@ -241,7 +274,7 @@ def run(cfg: RunConfig, out: str | Path, resume: bool = False) -> dict:
         baseline, baseline_source = read_baseline(cfg.baselines), cfg.baselines
 
     _say(f"[multitask] training {cfg.model.name} with {cfg.balancer.name} balancing into {out}")
-    final = train_one(cfg, bundle, out, resume)
+    final = train_one(cfg, bundle, out, resume, distill=build_distillation(cfg, bundle, out))
     if cfg.baselines == "auto" and cfg.model.name == "independent":
         baseline = {"test": final["test"], "val": final["val"]}
         baseline_source = "this run (the model is the baseline)"

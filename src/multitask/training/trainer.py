@@ -34,6 +34,8 @@ from multitask.training.checkpoint import (NEXT_BEST, load_run_state, load_weigh
 from multitask.training import distributed
 from multitask.training.accumulation import PartAccumulator
 from multitask.training.callbacks import Callback, EpochCallback, StepInfo, _AfterEpoch, as_callbacks
+from multitask.training.convergence import PROTECT, TaskConvergence
+from multitask.training.distillation import Distillation, LossTerm
 from multitask.training.early_stopping import EarlyStopping
 from multitask.training.loggers import check_loggers, logger_callbacks
 from multitask.training.precision import (autocast, compile_backend, compile_model, compile_problem, make_scaler,
@@ -79,6 +81,11 @@ class TrainerConfig:
     compile: bool | str = False     # torch.compile what the engine calls (true: inductor; or a backend name)
     # multitask.training.loggers: metrics.jsonl is always written; "tensorboard" and "mlflow" add their own
     loggers: Sequence[str] = ("jsonl",)
+    # per-task convergence (multitask.training.convergence): a task whose first validation metric has not
+    # improved for `per_task_patience` epochs stops (its head back to its best and frozen); `protect: distill`
+    # then makes its loss the distillation of the model at its best epoch. Not combined with `patience`.
+    per_task_patience: int | None = None
+    protect: str = "none"
 
     def __post_init__(self) -> None:
         self.precision = normalise_precision(self.precision)
@@ -90,7 +97,7 @@ class TrainerConfig:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {NONFINITE}, got {self.nonfinite!r}")
-        for name in ("accumulate_shared", "accumulate_task"):
+        for name in ("accumulate_shared", "accumulate_task", "per_task_patience"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {v!r}")
@@ -98,6 +105,13 @@ class TrainerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.protect not in PROTECT:
+            raise ValueError(f"protect must be one of {PROTECT}, got {self.protect!r}")
+        if self.per_task_patience is not None and self.patience is not None:
+            raise ValueError("per_task_patience and patience exclude each other: per-task convergence stops each "
+                             "task on its own (and training when all have stopped); drop one of them")
+        if self.protect != "none" and self.per_task_patience is None:
+            raise ValueError(f"protect: {self.protect} applies to tasks stopped by per_task_patience; set it too")
         if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
                                           or self.patience < 1):
             raise ValueError(f"patience must be None or an integer >= 1, got {self.patience!r}")
@@ -121,10 +135,14 @@ class Trainer:
 
     With a `run_dir`, each epoch appends to ``metrics.jsonl`` and writes ``checkpoints/last.pt`` (and
     ``best.pt`` on improvement) atomically; ``fit(..., resume=True)`` continues from ``last.pt``.
+
+    `distill`: a `multitask.training.distillation.Distillation` (a teacher whose outputs are distilled into the
+    rows without labels; its state is saved in the checkpoints).
     """
 
     def __init__(self, model: MultiTaskModel, tasks: Sequence[Task], balancer: Balancer | None = None,
-                 config: TrainerConfig | None = None, run_dir: str | Path | None = None, **overrides: Any) -> None:
+                 config: TrainerConfig | None = None, run_dir: str | Path | None = None,
+                 distill: Distillation | None = None, **overrides: Any) -> None:
         self.tasks = check_unique(tasks)
         if sorted(model.task_names) != sorted(self.tasks):
             raise ValueError(f"model has tasks {model.task_names} but the trainer was given {list(self.tasks)}")
@@ -161,6 +179,17 @@ class Trainer:
         if c.accumulate_shared is not None or c.accumulate_task is not None:
             self.accumulator = PartAccumulator(self.model, list(self.tasks), c.accumulate_shared or c.accumulate_task,
                                                c.accumulate_task or c.accumulate_shared)
+        self.distill = distill
+        if distill is not None:
+            distill.check_tasks(self.tasks)
+            distill.teacher.bind(self.model)
+            distill.teacher.to(self.device)
+        self.convergence = (TaskConvergence(self.model, self.tasks, c.per_task_patience, c.protect)
+                            if c.per_task_patience is not None else None)
+        if self.dist is not None and (distill is not None or self.convergence is not None):
+            # their loss terms are means over a step's unlabelled rows, which the ranks' shares do not yet reduce
+            raise ValueError("distillation (distill:) and per-task convergence (trainer.per_task_patience) run in "
+                             "one process only; train without torchrun/--nproc, or without these options")
 
     # ------------------------------------------------------------------------------------------ set-up
     def _monitor_direction(self, monitor: str) -> bool:
@@ -218,8 +247,10 @@ class Trainer:
                             f"batches; got {type(train).__name__}")
         if val is not None:
             val.check_tasks(tasks, what="the validation data")
-        elif self.config.patience is not None or self.config.monitor != "loss":
-            raise ValueError("early stopping (patience) and `monitor` need validation data: pass val=...")
+        elif (self.config.patience is not None or self.config.monitor != "loss"
+              or self.config.per_task_patience is not None):
+            raise ValueError("early stopping (patience, per_task_patience) and `monitor` need validation data: "
+                             "pass val=...")
         history: list[dict] = []
         if resume:
             history = self._resume()
@@ -229,6 +260,8 @@ class Trainer:
             self.balancer.generator = distributed.balancer_generator(self.config.seed)
             if self.dist is not None:  # every rank starts from rank 0's weights (as DDP does)
                 self.dist.broadcast_module(self.model)
+            if self.distill is not None:
+                self.distill.teacher.start(self.model)
             if self.run_dir is not None and self.main:  # a fresh start: no earlier run may be resumed by mistake
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "metrics.jsonl").write_text("")
@@ -244,7 +277,8 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_fit_start(self)
         try:
-            while self.epoch < c.epochs and not self.early.should_stop:
+            while self.epoch < c.epochs and not self.early.should_stop and not (
+                    self.convergence is not None and self.convergence.all_stopped):
                 batches = (self._planned(train, masks, complete) if isinstance(train, BatchPlan)
                            else self._iterated(train))
                 record = self._train_epoch(batches, train)
@@ -253,7 +287,12 @@ class Trainer:
                     record["val_loss"], record["val"] = ev["loss"], ev["metrics"]
                     value = self._monitored(ev)
                     record["monitor"] = {c.monitor: value}
-                    if self.early.update(value, self.epoch):
+                    if self.convergence is not None:  # each task stops on its own; no whole-model best
+                        stopping = self.convergence.update(self.epoch, ev["metrics"])
+                        record["stopped"] = dict(self.convergence.stopped)
+                        if stopping:
+                            record["stopping"] = stopping
+                    elif self.early.update(value, self.epoch):
                         self._best_state = copy.deepcopy(self.model.state_dict())
                         record["best"] = True
                 if self.scheduler is not None:
@@ -379,6 +418,8 @@ class Trainer:
                              "iterated only once, like a generator, gives nothing the second time)")
         self._check_parameters()
         self.epoch += 1
+        if self.distill is not None:
+            self.distill.teacher.after_epoch(self.model, self.epoch)
         kept = {t: [k for k in range(len(step_losses)) if k not in absent[t]] if absent[t]
                 else range(len(step_losses)) for t in self.tasks}
         return {
@@ -394,6 +435,7 @@ class Trainer:
             **({"updates_per_part": {p: n - updates_at_start[p] for p, n in self.accumulator.updates.items()}}
                if self.accumulator is not None else {}),
             **({"skipped_steps": self.skipped_steps - skipped_at_start} if c.nonfinite == "skip" else {}),
+            **(self.distill.epoch_log() if self.distill is not None else {}),
         }
 
     def train_step(self, inputs: Any, targets: Mapping[str, Tensor],
@@ -407,11 +449,18 @@ class Trainer:
         if masks is None:
             masks = {t: tasks[t].label_mask(y) for t, y in targets.items()}
 
+        extra = self._loss_terms(inputs, masks)  # distillation; stopped tasks' losses (before the forward)
+
         def loss_of(t: str, output: Tensor) -> Tensor:
+            term = extra.get(t)
+            if term is not None and term.replace:
+                return term.fn(output)
             m = masks.get(t)
-            return tasks[t].loss(output, targets[t], m, complete=m is None)
+            loss = tasks[t].loss(output, targets[t], m, complete=m is None)
+            return loss if term is None else loss + term.fn(output)
 
         present = {t: True if t not in masks else bool(masks[t].any()) for t in tasks}
+        present.update({t: term.present for t, term in extra.items()})  # a distilled task has a loss
         rows = n_rows(inputs)
         labelled = {t: rows if masks.get(t) is None else int(masks[t].sum()) for t in tasks}
         if self.dist is not None:  # global counts; each rank's loss becomes its share of the global mean loss
@@ -436,6 +485,8 @@ class Trainer:
             return losses if losses is not None else {t: torch.full((), math.nan) for t in tasks}
         self._skips_in_a_row = 0
         kept_rows = self._freeze_absent(present) if not all(present.values()) else []
+        if self.convergence is not None:
+            self.convergence.drop_grads()  # a stopped task's head stays as it was kept
         if self.accumulator is not None:  # only the parts that reached their sample count keep a .grad
             self.accumulator.add(rows, labelled)
         if self.config.grad_clip is not None:
@@ -448,6 +499,8 @@ class Trainer:
         with torch.no_grad():
             for target, idx, saved in kept_rows:  # absent tasks' rows of the balancer's own parameters
                 target[idx] = saved
+        if self.distill is not None:
+            self.distill.teacher.after_step(self.model, self.global_step)
         if self.dist is not None:  # running statistics (batch norm) are rank 0's, as with DDP's broadcast_buffers
             self.dist.broadcast_module(self.model, buffers_only=True)
         return losses
@@ -475,6 +528,16 @@ class Trainer:
 
         present = {t: global_entries[t] > 0 for t in tasks}
         return share_of, present, int(total[0]), {t: int(v) for t, v in zip(tasks, total[1 + len(tasks):])}
+
+    def _loss_terms(self, inputs: Any, masks: Mapping[str, Tensor]) -> dict[str, LossTerm]:
+        """What this step adds to or puts in place of task losses: the distillation terms of the rows without
+        labels (`self.distill`), and the losses of tasks stopped by per-task convergence (which take over)."""
+        extra: dict[str, LossTerm] = {}
+        if self.distill is not None:
+            extra.update(self.distill.terms(self.tasks, inputs, masks))
+        if self.convergence is not None:
+            extra.update(self.convergence.terms(inputs, masks))
+        return extra
 
     def _freeze_absent(self, present: Mapping[str, bool]) -> list[tuple[Tensor, Tensor, Tensor]]:
         """A task without labels in this batch (e.g. a step drawn from another source) leaves its own
@@ -638,6 +701,8 @@ class Trainer:
             "config": asdict(self.config),
             **({"accumulator": self.accumulator.state_dict()} if self.accumulator is not None else {}),
             **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
+            **({"distill": self.distill.state_dict()} if self.distill is not None else {}),
+            **({"convergence": self.convergence.state_dict()} if self.convergence is not None else {}),
             "callbacks": {cb.key: cb.state_dict() for cb in self.callbacks
                           if not isinstance(cb, _AfterEpoch)},
         }
@@ -662,6 +727,11 @@ class Trainer:
             self.accumulator.load_state_dict(state["accumulator"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.distill is not None and state.get("distill") is not None:
+            self.distill.load_state_dict(state["distill"])
+        if self.convergence is not None and state.get("convergence") is not None:
+            self.convergence.load_state_dict(state["convergence"])
+            self.convergence.to(self.device)
         saved = state.get("callbacks") or {}
         for cb in self.callbacks:
             if cb.key in saved:
