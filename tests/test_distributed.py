@@ -304,6 +304,11 @@ def test_cli_nproc_runs_torchrun_and_matches_one_process(tmp_path, capfd):
                 assert two[split][t][m] == pytest.approx(v, rel=1e-5, abs=1e-7), (split, t, m)
     assert main(["train", str(cfg), "--out", str(tmp_path / "x"), "--nproc", "0"]) == 2
     assert "--nproc must be >= 1" in capfd.readouterr().err
+    # distillation and per-task convergence are one-process features: refused before anything is launched
+    for extra in (["--set", "trainer.per_task_patience=2"], ["--set", "distill.kind=previous_self"]):
+        assert main(["train", str(cfg), "--out", str(tmp_path / "y"), "--nproc", "2", *extra]) == 2
+        assert "run in one process only" in capfd.readouterr().err
+        assert not (tmp_path / "y" / "checkpoints").exists()
 
 
 def test_shards_cover_the_batch_in_order_like_tensor_split():

@@ -26,6 +26,11 @@ def _train(args: argparse.Namespace) -> int:
                           "--overwrite to start again, or --out for another directory")
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
+    several = (args.nproc or 1) > 1 or distributed.launched()
+    if several and (cfg.distill is not None or cfg.trainer.per_task_patience is not None):
+        raise ConfigError("distill and trainer.per_task_patience run in one process only (their losses are means "
+                          "over a step's unlabelled rows, which the ranks do not reduce); leave out --nproc/torchrun "
+                          "or these options")
     if args.nproc is not None and args.nproc > 1 and not distributed.launched():
         return _launch(args.nproc, args.argv)
     distributed.init_from_env(cfg.trainer.device)  # inside torchrun: join its process group
