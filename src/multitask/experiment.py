@@ -148,7 +148,8 @@ def train_one(cfg: RunConfig, bundle: DatasetBundle, out: Path, resume: bool, mo
     balancer = build_balancer(cfg, bundle.tasks, balancer_name)
     trainer = Trainer(model, bundle.tasks, balancer, trainer_config(cfg), run_dir=out)
     resume = resume and (out / "checkpoints" / "last.pt").exists()
-    history = trainer.fit(bundle.training_data(), bundle.val, resume=resume)
+    history = trainer.fit(bundle.training_data(), bundle.val, resume=resume,
+                          callbacks=diagnostics_callbacks(cfg) if model_name is None else [])
     test = trainer.evaluate(bundle.test)  # regression metrics in original units (Task.target_std)
     val = trainer.evaluate(bundle.val)
     final = {
@@ -168,6 +169,15 @@ def train_one(cfg: RunConfig, bundle: DatasetBundle, out: Path, resume: bool, mo
     }
     write_json(out / "final.json", final)
     return final
+
+
+def diagnostics_callbacks(cfg: RunConfig) -> list:
+    """The configured `diagnostics:` callback (none when the section is absent)."""
+    if cfg.diagnostics is None:
+        return []
+    from multitask.diagnostics import DiagnosticsCallback
+
+    return [DiagnosticsCallback(**cfg.diagnostics.model_dump())]
 
 
 def read_final(path: Path, what: str = "final.json") -> dict:
