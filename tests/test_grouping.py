@@ -1,0 +1,132 @@
+"""Grouping: the exact search against brute force (the objective by enumeration), the heuristic's
+feasibility, the pair (Standley) gains, and the CLI path."""
+import itertools
+
+import numpy as np
+import pytest
+
+from multitask.grouping import (exact_search, gains_from_pairs, group_scores, groups_of, heuristic_search,
+                                choose_groups)
+
+
+def objective(gain, selection):
+    """sum_i max over chosen groups containing i of mean_{j in G, j != i} gain[j, i] (0 alone); -inf uncovered."""
+    T = gain.shape[0]
+    total = 0.0
+    for i in range(T):
+        scores = [0.0 if len(g) == 1 else np.mean([gain[j, i] for j in g if j != i]) for g in selection if i in g]
+        if not scores:
+            return -np.inf
+        total += max(scores)
+    return total
+
+
+def brute_selections(gain, budget, cost=None, max_cost=None):
+    """The best value over every selection of at most `budget` groups (direct enumeration; small T only)."""
+    groups = groups_of(gain.shape[0])
+    best = -np.inf
+    for b in range(1, budget + 1):
+        for sel in itertools.combinations(groups, b):
+            if max_cost is not None and sum(cost(g) for g in sel) > max_cost + 1e-12:
+                continue
+            best = max(best, objective(gain, sel))
+    return best
+
+
+def partitions(items):
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for p in partitions(rest):
+        yield [[first]] + p
+        for k in range(len(p)):
+            yield p[:k] + [[first] + p[k]] + p[k + 1:]
+
+
+def brute_partitions(gain, budget):
+    """The best value by enumerating partitions into <= budget blocks, each block served by its best superset
+    (every selection induces such a partition, and each partition is realised by a selection)."""
+    T = gain.shape[0]
+    groups = groups_of(T)
+    score = {G: {i: 0.0 if len(G) == 1 else np.mean([gain[j, i] for j in G if j != i]) for i in G} for G in groups}
+    block_value = {P: max(sum(score[G][i] for i in P) for G in groups if set(P) <= set(G)) for P in groups}
+    return max(sum(block_value[tuple(sorted(b))] for b in p) for p in partitions(list(range(T))) if len(p) <= budget)
+
+
+@pytest.mark.parametrize("T,seed", [(3, 0), (4, 1), (5, 2)])
+def test_exact_search_equals_enumeration_of_selections(T, seed):
+    gain = np.random.default_rng(seed).normal(size=(T, T))
+    for budget in range(1, (T if T < 5 else 3) + 1):
+        found = exact_search(gain, budget)
+        assert found.value == pytest.approx(brute_selections(gain, budget), abs=1e-9)
+        assert objective(gain, found.groups) == pytest.approx(found.value, abs=1e-9)  # the reported groups do it
+        assert len(found.groups) <= budget and found.optimal
+
+
+@pytest.mark.parametrize("T,seed", [(6, 3), (7, 4), (8, 5)])
+def test_exact_search_equals_brute_force_up_to_eight_tasks(T, seed):
+    gain = np.random.default_rng(seed).normal(scale=0.1, size=(T, T))
+    for budget in range(1, T + 1):
+        found = exact_search(gain, budget)
+        assert found.value == pytest.approx(brute_partitions(gain, budget), abs=1e-9)
+        assert objective(gain, found.groups) == pytest.approx(found.value, abs=1e-9)
+        assert len(found.groups) <= budget
+
+
+@pytest.mark.parametrize("T,seed", [(4, 6), (5, 7)])
+def test_exact_search_with_a_cost_ceiling(T, seed):
+    gain = np.random.default_rng(seed).normal(size=(T, T))
+    cost = lambda g: 1.0 + 0.3 * len(g)  # a trunk plus a head per task
+    for budget in range(1, 4):
+        for max_cost in (1.0 + 0.3 * T, 2.9, 4.0):
+            expected = brute_selections(gain, budget, cost, max_cost)
+            if not np.isfinite(expected):
+                with pytest.raises(ValueError, match="no selection"):
+                    exact_search(gain, budget, cost, max_cost)
+                continue
+            found = exact_search(gain, budget, cost, max_cost)
+            assert found.value == pytest.approx(expected, abs=1e-9)
+            assert found.cost <= max_cost + 1e-9 and found.optimal
+
+
+def test_heuristic_is_feasible_and_never_beats_the_optimum():
+    rng = np.random.default_rng(8)
+    for T in (6, 9):
+        gain = rng.normal(size=(T, T))
+        for budget in (1, 2, 3, T):
+            h = heuristic_search(gain, budget)
+            e = exact_search(gain, budget)
+            covered = sorted({i for g in h.groups for i in g})
+            assert covered == list(range(T)) and len(h.groups) <= budget
+            assert h.value <= e.value + 1e-9 and objective(gain, h.groups) == pytest.approx(h.value)
+            assert not h.optimal
+        assert heuristic_search(gain, T).value == pytest.approx(exact_search(gain, T).value)  # each task its best
+    assert choose_groups(rng.normal(size=(16, 16)), 4).method == "heuristic"
+
+
+def test_known_clusters_are_found():
+    gain = np.full((6, 6), -0.5)
+    for c in ((0, 1, 2), (3, 4, 5)):
+        for i in c:
+            for j in c:
+                gain[i, j] = 1.0
+    assert exact_search(gain, 2).groups == [(0, 1, 2), (3, 4, 5)]
+
+
+def test_pair_gains_follow_standley():
+    single = [1.0, 2.0]
+    pair = np.array([[np.nan, 0.8], [2.5, np.nan]])  # task 0 improves with 1 (0.8 < 1), task 1 gets worse
+    G = gains_from_pairs(single, pair)
+    assert G[1, 0] == pytest.approx(0.2) and G[0, 1] == pytest.approx(-0.25)
+    S = group_scores(G, [(0, 1), (0,), (1,)])
+    assert S[0].tolist() == pytest.approx([0.2, -0.25]) and S[1, 0] == 0.0 and S[1, 1] == -np.inf
+    best = exact_search(G, 2)
+    assert best.groups == [(1,), (0, 1)] and best.served_by == [1, 0]  # task 0 from the pair, task 1 alone
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="square"):
+        exact_search(np.zeros((2, 3)), 1)
+    with pytest.raises(ValueError, match="budget"):
+        exact_search(np.zeros((3, 3)), 0)
