@@ -208,7 +208,7 @@ class DiagnosticsCallback(Callback):
         if len(present) == 0:
             return
         start = time.perf_counter()
-        with _Restored(trainer) as r:
+        with Restored(trainer) as r:
             grads = losses = None
             if due_g and not self._free:
                 r.fork()
@@ -241,6 +241,10 @@ class DiagnosticsCallback(Callback):
                   "weights": trainer.balancer.weights()}
         self._write(record)
         self._add(record["tasks"], cosine=np.array(record["cosine"], dtype=float))
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict) -> None:
+        """The diagnostics' own time so far (seconds, cumulative), logged with the epoch: their cost."""
+        record["diagnostics_seconds"] = {k: round(v, 4) for k, v in self.seconds.items()}
 
     def on_fit_end(self, trainer: "Trainer", history: Sequence[dict]) -> None:
         if isinstance(trainer.balancer, GradientBalancer):
@@ -316,7 +320,7 @@ def _gradient_record(tasks: list[str], grads: list[Tensor]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ the computations
-class _Restored:
+class Restored:
     """Puts back, on exit, what extra forward passes may change: the model's buffers (BatchNorm statistics)
     and mode, the balancer's state, and the random number generators (so dropout in training draws the same
     masks as without diagnostics)."""
@@ -324,7 +328,7 @@ class _Restored:
     def __init__(self, trainer: "Trainer") -> None:
         self.trainer = trainer
 
-    def __enter__(self) -> "_Restored":
+    def __enter__(self) -> "Restored":
         model = self.trainer.model
         self.rng = torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
@@ -392,13 +396,15 @@ def task_gradients(trainer: "Trainer", inputs: Any, targets: Mapping[str, Tensor
 @torch.no_grad()
 def lookahead_affinity(trainer: "Trainer", inputs: Any, targets: Mapping[str, Tensor], masks: Mapping[str, Tensor],
                        tasks: Sequence[str], grads: Sequence[Tensor], losses: Mapping[str, float],
-                       lr: float, rng: Tensor | None = None) -> np.ndarray:
+                       lr: float, rng: Tensor | None = None,
+                       params: Sequence[torch.nn.Parameter] | None = None) -> np.ndarray:
     """TAG: Z[i, j] = 1 - L_j(θ_s - lr g_i) / L_j(θ_s) for the present `tasks`, `grads` being g_i on the shared
     parameters at θ_s and `losses` the L_j(θ_s) of the same forward pass. Every forward draws the same random
     numbers, from the generator state `rng` (default: the current one), which should be the state the forward
-    pass of `grads` started from. θ_s is put back exactly."""
+    pass of `grads` started from. `params` (default: every shared parameter) are the parameters moved, in the
+    order of `grads`' entries (e.g. one layer's, for affinity by depth). They are put back exactly."""
     model, loss_of = trainer.model, _loss_fn(trainer, targets, masks)
-    shared = shared_parameters(trainer)
+    shared = list(params) if params is not None else shared_parameters(trainer)
     saved = [p.detach().clone() for p in shared]
     rng = torch.get_rng_state() if rng is None else rng
     Z = np.full((len(tasks), len(tasks)), np.nan)

@@ -21,12 +21,18 @@ overlap). Optional: a cost per group (e.g. its parameters, i.e. inference cost) 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+
+from multitask.jsonio import to_json
+from multitask.training.callbacks import Callback
 
 EXACT_MAX_TASKS = 14
 
@@ -361,3 +367,409 @@ def choose_groups(gain: np.ndarray, budget: int, group_cost: Any = None, max_cos
     if found is None:
         raise ValueError(f"the heuristic found no selection of at most {budget} groups within max_cost={max_cost}")
     return found
+
+
+# ------------------------------------------------------------------------------------------ from a config
+# `multitask group`: measure affinities (or pairs), choose the groups, train them, compare. Every training is an
+# ordinary run directory under OUT/runs/ (reused when its final.json exists, so an interrupted search resumes).
+
+def task_names(cfg: Any) -> list[str]:
+    """The tasks a config trains, without reading data."""
+    from multitask import config as cfgmod
+
+    return [t.name for t in cfgmod.planned_tasks(cfg)]
+
+
+def config_for(cfg: Any, tasks: Sequence[str], diagnostics: dict | None = None, epochs: int | None = None) -> Any:
+    """`cfg` narrowed to `tasks` (their `tasks:` options kept), no baselines, `diagnostics` as given."""
+    from multitask import config as cfgmod
+
+    raw = cfg.model_dump(mode="json")
+    sections = raw.get("tasks") or {}
+    raw["tasks"] = {t: sections.get(t, {}) for t in tasks}
+    raw["baselines"] = "none"
+    raw["diagnostics"] = diagnostics
+    if epochs is not None:
+        raw["trainer"]["epochs"] = int(epochs)
+    return cfgmod.validate(raw, deep=False)
+
+
+def run_name(tasks: Sequence[str], all_tasks: Sequence[str]) -> str:
+    return "all" if list(tasks) == list(all_tasks) else "+".join(tasks)
+
+
+def train_group(cfg: Any, tasks: Sequence[str], out: Path, all_tasks: Sequence[str],
+                diagnostics: dict | None = None, epochs: int | None = None, name: str | None = None) -> dict:
+    """Train `cfg` on `tasks` into out/runs/<name> (reusing a finished run); returns its final.json plus
+    the validation loss per task at the best epoch (`val_loss`) and the run directory."""
+    from multitask import experiment
+    from multitask.training import read_metrics
+
+    run_dir = Path(out) / "runs" / (name or run_name(tasks, all_tasks))
+    if (run_dir / "final.json").exists():
+        final = experiment.read_final(run_dir / "final.json")
+    else:
+        final = experiment.run(config_for(cfg, tasks, diagnostics, epochs), run_dir)
+    history = read_metrics(run_dir)
+    best = [r for r in history if r.get("best")]
+    record = best[-1] if best else (history[-1] if history else {})
+    final = dict(final)
+    final["val_loss"] = {t: float(record.get("val_loss", {}).get(t, math.nan)) for t in tasks}
+    final["run_dir"] = str(run_dir)
+    final["tasks"] = list(tasks)
+    return final
+
+
+def measure_affinity(cfg: Any, out: Path, affinity_every: int = 10, epochs: int | None = None,
+                     lr: float | None = None) -> dict:
+    """TAG: train all tasks together with the lookahead affinity recorded every `affinity_every` steps (this
+    run is also the all-in-one model). Returns the mean affinity, the run and the diagnostics' own seconds."""
+    from multitask.diagnostics import read_diagnostics
+    from multitask.training import read_metrics
+
+    tasks = task_names(cfg)
+    name = "all" if epochs is None else f"all-affinity-{epochs}ep"
+    final = train_group(cfg, tasks, out, tasks, {"every": None, "affinity_every": affinity_every, "lr": lr},
+                        epochs, name=name)
+    D = read_diagnostics(final["run_dir"], tasks)
+    history = read_metrics(final["run_dir"])
+    extra = (history[-1].get("diagnostics_seconds") or {}) if history else {}
+    return {"tasks": tasks, "affinity": D.mean_affinity(), "run": final,
+            "train_seconds": float(sum(r["seconds"] for r in history)),
+            "diagnostics_seconds": float(sum(extra.values())) if extra else math.nan,
+            "records": int(len(D.affinity_steps))}
+
+
+def measure_pairs(cfg: Any, out: Path) -> dict:
+    """Standley: train every task alone and every pair; gain[j, i] from task i's validation loss (best epoch)."""
+    tasks = task_names(cfg)
+    T = len(tasks)
+    singles = {t: train_group(cfg, [t], out, tasks) for t in tasks}
+    pair_loss = np.full((T, T), np.nan)
+    seconds = 0.0
+    for a, b in itertools.combinations(range(T), 2):
+        run = train_group(cfg, [tasks[a], tasks[b]], out, tasks)
+        pair_loss[a, b], pair_loss[b, a] = run["val_loss"][tasks[a]], run["val_loss"][tasks[b]]
+        seconds += float(run.get("wall_time_s", 0.0))
+    single = [singles[t]["val_loss"][t] for t in tasks]
+    return {"tasks": tasks, "gain": gains_from_pairs(single, pair_loss), "singles": singles,
+            "pair_seconds": seconds, "single_seconds": float(sum(r.get("wall_time_s", 0.0) for r in singles.values()))}
+
+
+def parameter_costs(cfg: Any) -> tuple[float, dict[str, float]]:
+    """(shared, per-task) parameter counts of the configured model built for all tasks: a group's network
+    costs shared + the sum of its tasks' own parameters (exact for hard sharing)."""
+    from multitask import experiment
+    from multitask import config as cfgmod
+
+    tasks = cfgmod.planned_tasks(cfg)
+    model = experiment.build_model(cfg, tasks, cfgmod.planned_input_spec(cfg))
+    shared = float(sum(p.numel() for p in model.shared_parameters()))
+    own = {t.name: float(sum(p.numel() for p in model.task_parameters(t.name))) for t in tasks}
+    return shared, own
+
+
+def compare(cfg: Any, tasks: Sequence[str], groups: Sequence[Sequence[str]], out: Path) -> dict:
+    """Train the chosen groups, the all-in-one model and one model per task; each task served by the chosen
+    group with its lowest validation loss. Per task: test metrics and Δm (%) of grouped and all-in-one
+    against one-per-task; in total: Δm, parameters and networks run per input row."""
+    from multitask.metrics import delta_m, delta_m_terms
+
+    singles = {t: train_group(cfg, [t], out, tasks) for t in tasks}
+    everything = train_group(cfg, list(tasks), out, tasks)
+    runs = {tuple(g): (everything if list(g) == list(tasks) else singles[g[0]] if len(g) == 1
+                       else train_group(cfg, list(g), out, tasks)) for g in groups}
+    served = {}
+    for t in tasks:
+        options = [g for g in runs if t in g]
+        served[t] = min(options, key=lambda g: (runs[g]["val_loss"][t] if math.isfinite(runs[g]["val_loss"][t])
+                                                else math.inf, len(g)))
+    base = {t: singles[t]["test"][t] for t in tasks}
+    grouped = {t: runs[served[t]]["test"][t] for t in tasks}
+    together = {t: everything["test"][t] for t in tasks}
+
+    def per_task(results: dict) -> dict[str, float]:
+        out_ = {}
+        for t in tasks:
+            terms, _ = delta_m_terms({t: results[t]}, {t: base[t]})
+            out_[t] = 100.0 * float(np.mean(list(terms.values()))) if terms else math.nan
+        return out_
+
+    def solution(results: dict, used: Sequence[dict]) -> dict:
+        return {"delta_m": delta_m(results, base), "delta_m_per_task": per_task(results),
+                "parameters": int(sum(r.get("parameters", 0) for r in used)), "networks": len(used),
+                "test": results, "train_seconds": float(sum(r.get("wall_time_s", 0.0) for r in used))}
+
+    used = [runs[g] for g in {served[t] for t in tasks}]
+    return {
+        "served_by": {t: list(served[t]) for t in tasks},
+        "grouped": {**solution(grouped, used), "groups": [list(g) for g in runs],
+                    "trained_groups_parameters": int(sum(r.get("parameters", 0) for r in runs.values()))},
+        "all_in_one": solution(together, [everything]),
+        "one_per_task": solution(base, list(singles.values())),
+        "runs": {"+".join(g): r["run_dir"] for g, r in runs.items()},
+    }
+
+
+def group_from_config(cfg: Any, out: str | Path, budget: int, method: str = "affinity", affinity_every: int = 10,
+                      affinity_epochs: int | None = None, max_cost: float | None = None, train: bool = True,
+                      lr: float | None = None) -> dict:
+    """`multitask group`: measure (TAG affinity or Standley pairs), search, train the chosen groups and compare;
+    writes OUT/grouping.json and returns it."""
+    from multitask.jsonio import write_json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if method == "affinity":
+        measured = measure_affinity(cfg, out, affinity_every, affinity_epochs, lr)
+        gain = measured["affinity"]
+        found = {"affinity": gain.tolist(), "affinity_records": measured["records"],
+                 "affinity_run": measured["run"]["run_dir"], "affinity_train_seconds": measured["train_seconds"],
+                 "diagnostics_seconds": measured["diagnostics_seconds"]}
+    elif method == "pairs":
+        measured = measure_pairs(cfg, out)
+        gain = measured["gain"]
+        found = {"pair_gain": gain.tolist(), "pair_train_seconds": measured["pair_seconds"],
+                 "single_train_seconds": measured["single_seconds"]}
+    else:
+        raise ValueError(f"method must be 'affinity' or 'pairs', got {method!r}")
+    tasks = measured["tasks"]
+    measure_seconds = time.perf_counter() - start
+    cost = None
+    if max_cost is not None:
+        shared, own = parameter_costs(cfg)
+        cost = lambda g: shared + sum(own[tasks[i]] for i in g)  # noqa: E731
+    gain = np.nan_to_num(np.asarray(gain, dtype=np.float64), nan=0.0)
+    selection = choose_groups(gain, budget, cost, max_cost)
+    result = {"tasks": tasks, "method": method, "budget": budget, "max_cost": max_cost, **found,
+              "selection": selection.named(tasks), "measure_seconds": measure_seconds,
+              "search_seconds": selection.seconds}
+    if train:
+        result["comparison"] = compare(cfg, tasks, [[tasks[i] for i in g] for g in selection.groups], out)
+    write_json(out / "grouping.json", result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ where to branch
+# Affinity at several depths: the TAG lookahead with only one trunk layer moved, Z^l[i, j] = 1 - L_j(θ with
+# layer l stepped along -lr ∇_l L_i) / L_j(θ), recorded while training the all-shared network. Then a branching
+# tree (the `branches:` option of the `branched` model) is grown greedily under a parameter budget.
+
+LAYER_FILE = "layer_affinity.jsonl"
+
+
+class LayerAffinity(Callback):
+    """Records Z^l for every trunk layer l of a `Branched` model whose layers are all shared, every `every`
+    steps, into ``layer_affinity.jsonl`` (records of kind "layer_affinity" with a "layer" index)."""
+
+    def __init__(self, every: int, lr: float | None = None) -> None:
+        self.every, self.lr = every, lr
+        self.records: list[dict] = []
+
+    @property
+    def key(self) -> str:
+        return "LayerAffinity"
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self.file = trainer.run_dir / LAYER_FILE if trainer.run_dir is not None else None
+        if self.file is not None:
+            self.file.write_text("")
+        model = trainer.model
+        if getattr(model, "trunk", None) is None or getattr(model, "depth", 0) != model.blocks.n_layers:
+            raise ValueError("affinity by depth needs a branched model whose layers are all shared")
+        self.layers = [list(layer.parameters()) for layer in model.trunk]
+        self.offsets, k = {}, 0
+        for p in (p for p in model.shared_parameters() if p.requires_grad):
+            self.offsets[id(p)] = (k, k + p.numel())
+            k += p.numel()
+
+    def on_step_start(self, trainer: Any, inputs: Any, targets: Any, masks: Any) -> None:
+        from multitask.diagnostics import Restored, lookahead_affinity, task_gradients
+
+        step = trainer.global_step + 1
+        if step % self.every:
+            return
+        present = [t for t in trainer.tasks if t not in masks or bool(masks[t].any())]
+        if not present:
+            return
+        eta = float(self.lr) if self.lr is not None else float(trainer.optimizer.param_groups[0]["lr"])
+        with Restored(trainer) as r:
+            r.fork()
+            losses, grads = task_gradients(trainer, inputs, targets, masks, present, "parameters")
+            for depth, params in enumerate(self.layers):
+                sliced = [torch.cat([g[slice(*self.offsets[id(p)])] for p in params]) for g in grads]
+                Z = lookahead_affinity(trainer, inputs, targets, masks, present, sliced, losses, eta, r.rng, params)
+                rec = {"kind": "layer_affinity", "step": step, "epoch": trainer.epoch, "layer": depth,
+                       "tasks": present, "affinity": Z.tolist()}
+                self.records.append(rec)
+                if self.file is not None:
+                    with open(self.file, "a") as f:
+                        f.write(to_json(rec) + "\n")
+
+
+def read_layer_affinity(run_dir: str | Path, tasks: Sequence[str]) -> np.ndarray:
+    """(L, T, T): the mean Z^l over the recorded steps (NaN where never measured)."""
+    from multitask.diagnostics import _array
+
+    path = Path(run_dir) / LAYER_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: no affinity by depth was recorded in {run_dir}")
+    recs = []
+    for line in path.read_text().splitlines():
+        try:
+            recs.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    L = 1 + max((r["layer"] for r in recs), default=-1)
+    pos = {t: k for k, t in enumerate(tasks)}
+    total, count = np.zeros((L, len(tasks), len(tasks))), np.zeros((L, len(tasks), len(tasks)))
+    for r in recs:
+        idx = [pos[t] for t in r["tasks"]]
+        Z = _array(r["affinity"])
+        ok = np.isfinite(Z)
+        total[r["layer"]][np.ix_(idx, idx)] += np.where(ok, Z, 0.0)
+        count[r["layer"]][np.ix_(idx, idx)] += ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+@dataclass
+class Tree:
+    """A branching layout: per layer, the groups of task indices sharing one copy of it."""
+
+    layout: list[list[tuple[int, ...]]]
+    score: float
+    params: float
+    steps: list[str] = field(default_factory=list)
+
+    def branches(self, tasks: Sequence[str]) -> list[list[list[str]]]:
+        """The `branches:` option of the `branched` model."""
+        return [[[tasks[i] for i in g] for g in layer] for layer in self.layout]
+
+
+def _tree_score(layout: list[list[tuple[int, ...]]], pair: np.ndarray) -> float:
+    return float(sum(pair[l][np.ix_(g, g)][np.triu_indices(len(g), 1)].sum() for l, groups in enumerate(layout)
+                     for g in groups))
+
+
+def propose_tree(layer_affinity: np.ndarray, layer_params: Sequence[float], max_params: float) -> Tree:
+    """Grow a branching tree greedily (a stated heuristic, Vandenhende et al. 2020 in spirit): start from all
+    layers shared; a move splits one group at layer l into two (and so at every later layer), choosing the
+    split whose tasks' affinities across it at layers >= l sum lowest (all bipartitions of the group up to 12
+    tasks, else a spectral split). Take the move that raises the score, sum over layers and groups of the
+    within-group pairwise affinity (Z^l symmetrised), most, as long as the copies' parameters stay within
+    `max_params`; stop when no move raises it."""
+    A = np.nan_to_num(np.asarray(layer_affinity, dtype=np.float64), nan=0.0)
+    L, T, _ = A.shape
+    pair = (A + A.transpose(0, 2, 1)) / 2
+    sizes = np.asarray(layer_params, dtype=np.float64)
+    if len(sizes) != L:
+        raise ValueError(f"layer_params has {len(sizes)} entries for {L} layers")
+    layout = [[tuple(range(T))] for _ in range(L)]
+
+    def params_of(lay: list) -> float:
+        return float(sum(len(groups) * sizes[l] for l, groups in enumerate(lay)))
+
+    if params_of(layout) > max_params:
+        raise ValueError(f"the all-shared network already needs {params_of(layout):.0f} trunk parameters "
+                         f"(> max_params {max_params:.0f})")
+    steps = []
+    while True:
+        best = None
+        for l in range(L):
+            for g in layout[l]:
+                if len(g) < 2:
+                    continue
+                for a in _bipartitions(g, pair[l:].sum(0)):
+                    b = tuple(i for i in g if i not in a)
+                    new = [list(groups) for groups in layout]
+                    for m in range(l, L):
+                        out = []
+                        for h in new[m]:
+                            if set(h) <= set(g):
+                                out += [x for x in (tuple(i for i in h if i in a), tuple(i for i in h if i in b)) if x]
+                            else:
+                                out.append(h)
+                        new[m] = sorted(out)
+                    gain = _tree_score(new, pair) - _tree_score(layout, pair)
+                    if gain > 1e-12 and params_of(new) <= max_params + 1e-9 and (best is None or gain > best[0]):
+                        best = (gain, new, f"split {list(g)} at layer {l} into {list(a)} / {list(b)} (+{gain:.4g})")
+        if best is None:
+            break
+        layout = best[1]
+        steps.append(best[2])
+    return Tree(layout, _tree_score(layout, pair), params_of(layout), steps)
+
+
+def _bipartitions(g: tuple[int, ...], pair: np.ndarray) -> list[tuple[int, ...]]:
+    """One side of every split of `g` into two non-empty parts (up to 12 tasks), else of the spectral split."""
+    g = tuple(g)
+    if len(g) <= 12:
+        first, rest = g[0], g[1:]
+        out = []
+        for k in range(0, len(rest)):
+            for c in itertools.combinations(rest, k):
+                out.append((first,) + c)
+        return out
+    W = pair[np.ix_(g, g)]
+    vals, vecs = np.linalg.eigh(np.diag(W.sum(1)) - W)
+    side = vecs[:, 1] >= 0
+    return [tuple(i for i, s in zip(g, side) if s)]
+
+
+def branched_config(cfg: Any, branches: Any = None) -> Any:
+    """`cfg` with its model replaced by `branched` (the options `branched` shares with the configured model
+    kept) and the given `branches` (None: every layer shared, i.e. hard sharing)."""
+    import inspect
+
+    from multitask import config as cfgmod
+    from multitask.models.branched import Branched
+
+    kind = cfgmod.input_kind(cfg)
+    accepted = set(inspect.signature(Branched.image if kind == "image" else Branched.tabular).parameters)
+    raw = cfg.model_dump(mode="json")
+    options = {k: v for k, v in cfg.model.options.items() if k in accepted and k != "branches"}
+    raw["model"] = {"name": "branched", **options, **({"branches": branches} if branches is not None else {})}
+    raw["baselines"] = "none"
+    raw["diagnostics"] = None
+    return cfgmod.validate(raw, deep=False)
+
+
+def tree_from_config(cfg: Any, out: str | Path, param_budget: float = 2.0, every: int = 10,
+                     epochs: int | None = None, lr: float | None = None) -> dict:
+    """`multitask group --tree`: train the all-shared branched network recording affinity by depth, grow a
+    tree within `param_budget` x the all-shared trunk's parameters, and write OUT/tree.yaml (a config that
+    `multitask train` runs) and OUT/tree.json."""
+    from multitask import config as cfgmod
+    from multitask import experiment
+    from multitask.jsonio import write_json, write_text_atomic
+    from multitask.training import Trainer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    shared_cfg = branched_config(cfg)
+    if epochs is not None:
+        shared_cfg = cfgmod.validate({**shared_cfg.model_dump(mode="json"),
+                                      "trainer": {**shared_cfg.trainer.model_dump(), "epochs": int(epochs)}}, deep=False)
+    run = out / "runs" / "depth-affinity"
+    experiment.prepare_run_dir(run)
+    bundle = experiment.load_data(shared_cfg)
+    experiment.write_run_files(run, shared_cfg, bundle)
+    tasks = [t.name for t in bundle.tasks]
+    model = experiment.build_model(shared_cfg, bundle.tasks, bundle.preprocessor.schema)
+    trainer = Trainer(model, bundle.tasks, experiment.build_balancer(shared_cfg, bundle.tasks),
+                      experiment.trainer_config(shared_cfg), run_dir=run)
+    trainer.fit(bundle.training_data(), bundle.val, callbacks=[LayerAffinity(every, lr)])
+    A = read_layer_affinity(run, tasks)
+    sizes = [float(sum(p.numel() for p in layer.parameters())) for layer in model.trunk]
+    tree = propose_tree(A, sizes, param_budget * sum(sizes))
+    branches = tree.branches(tasks)
+    tree_cfg = branched_config(cfg, branches)
+    write_text_atomic(out / "tree.yaml", cfgmod.dump(tree_cfg))
+    result = {"tasks": tasks, "branches": branches, "score": tree.score, "trunk_parameters": tree.params,
+              "all_shared_trunk_parameters": float(sum(sizes)), "param_budget": param_budget, "moves": tree.steps,
+              "layer_affinity": A.tolist(), "seconds": time.perf_counter() - start, "config": str(out / "tree.yaml")}
+    write_json(out / "tree.json", result)
+    return result
