@@ -130,3 +130,47 @@ def test_bad_inputs():
         exact_search(np.zeros((2, 3)), 1)
     with pytest.raises(ValueError, match="budget"):
         exact_search(np.zeros((3, 3)), 0)
+
+
+def test_tree_splits_where_the_affinity_turns_negative():
+    from multitask.grouping import propose_tree
+
+    agree = np.full((4, 4), 0.5)
+    split = np.full((4, 4), -0.5)
+    split[:2, :2] = split[2:, 2:] = 0.5
+    A = np.stack([agree, agree, split])          # layers 0-1: all agree; layer 2: two clusters
+    tree = propose_tree(A, [100, 100, 100], max_params=400)
+    assert tree.layout == [[(0, 1, 2, 3)], [(0, 1, 2, 3)], [(0, 1), (2, 3)]]
+    assert tree.params == 400
+    assert propose_tree(A, [100, 100, 100], max_params=399).layout == [[(0, 1, 2, 3)]] * 3  # no room to branch
+    both = np.stack([split, split, split])
+    assert propose_tree(both, [100, 100, 100], 1000).layout[0] == [(0, 1), (2, 3)]  # split from the first layer
+
+
+def test_group_and_tree_from_the_cli(tmp_path):
+    import json
+
+    from multitask.cli import main
+    from multitask.diagnostics import read_diagnostics
+
+    cfg = tmp_path / "y.yaml"
+    cfg.write_text("data: {name: yeast, limit: 300}\n"
+                   "tasks: {class1: {}, class2: {}, class3: {}}\n"
+                   "model: {name: hard_sharing, hidden: [16, 8], head_hidden: [8]}\n"
+                   "trainer: {epochs: 1, batch_size: 64, progress: false}\n")
+    assert main(["group", str(cfg), "--budget", "2", "--out", str(tmp_path / "g"), "--affinity-every", "1"]) == 0
+    result = json.loads((tmp_path / "g" / "grouping.json").read_text())
+    assert len(result["selection"]["groups"]) <= 2
+    comp = result["comparison"]
+    assert set(comp["served_by"]) == {"class1", "class2", "class3"}
+    assert comp["one_per_task"]["delta_m"] == 0.0 and comp["one_per_task"]["networks"] == 3
+    assert comp["all_in_one"]["networks"] == 1
+    D = read_diagnostics(tmp_path / "g" / "runs" / "all")
+    assert np.allclose(np.nan_to_num(D.mean_affinity()), np.nan_to_num(np.array(result["affinity"])))
+    assert main(["group", str(cfg), "--tree", "--out", str(tmp_path / "t"), "--affinity-every", "1"]) == 0
+    tree = json.loads((tmp_path / "t" / "tree.json").read_text())
+    assert len(tree["branches"]) == 2 and tree["trunk_parameters"] <= 2.0 * tree["all_shared_trunk_parameters"]
+    assert main(["train", str(tmp_path / "t" / "tree.yaml"), "--out", str(tmp_path / "tr")]) == 0
+    final = json.loads((tmp_path / "tr" / "final.json").read_text())
+    assert final["model"] == "branched" and set(final["test"]) == {"class1", "class2", "class3"}
+    assert main(["group", str(cfg), "--budget", "0"]) == 2
