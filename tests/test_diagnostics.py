@@ -172,3 +172,13 @@ def test_yaml_section_is_validated_and_wired(tmp_path):
     experiment.run(cfg, tmp_path / "run")
     D = read_diagnostics(tmp_path / "run")
     assert D.tasks == ["class1", "class2", "class3"] and len(D.steps) > 0 and len(D.affinity_steps) > 0
+
+
+def test_normalized_affinity_by_hand():
+    recs = [{"kind": "affinity", "step": 5, "epoch": 0, "tasks": ["a", "b"], "affinity": [[0.2, 0.1], [0.05, 0.4]]},
+            {"kind": "affinity", "step": 10, "epoch": 0, "tasks": ["a", "b"], "affinity": [[0.02, -0.01], [0.0, -0.1]]}]
+    D = records_to_data(recs)
+    assert D.mean_affinity()[0, 1] == pytest.approx(0.045)
+    N = D.mean_affinity(normalized=True)
+    assert N[0, 1] == pytest.approx(0.1 / 0.4)           # step 10: b's own step did not help: left out
+    assert N[1, 0] == pytest.approx((0.05 / 0.2 + 0.0) / 2) and N[0, 0] == pytest.approx(1.0)

@@ -166,7 +166,7 @@ def test_group_and_tree_from_the_cli(tmp_path):
     assert comp["one_per_task"]["delta_m"] == 0.0 and comp["one_per_task"]["networks"] == 3
     assert comp["all_in_one"]["networks"] == 1
     D = read_diagnostics(tmp_path / "g" / "runs" / "all")
-    assert np.allclose(np.nan_to_num(D.mean_affinity()), np.nan_to_num(np.array(result["affinity"])))
+    assert np.allclose(np.nan_to_num(D.mean_affinity(normalized=True)), np.nan_to_num(np.array(result["affinity"])))
     assert main(["group", str(cfg), "--tree", "--out", str(tmp_path / "t"), "--affinity-every", "1"]) == 0
     tree = json.loads((tmp_path / "t" / "tree.json").read_text())
     assert len(tree["branches"]) == 2 and tree["trunk_parameters"] <= 2.0 * tree["all_shared_trunk_parameters"]
@@ -174,3 +174,18 @@ def test_group_and_tree_from_the_cli(tmp_path):
     final = json.loads((tmp_path / "tr" / "final.json").read_text())
     assert final["model"] == "branched" and set(final["test"]) == {"class1", "class2", "class3"}
     assert main(["group", str(cfg), "--budget", "0"]) == 2
+
+
+@pytest.mark.parametrize("T,seed", [(5, 9), (7, 10)])
+def test_partition_search_equals_brute_force(T, seed):
+    gain = np.random.default_rng(seed).normal(size=(T, T))
+
+    def own(P):
+        return sum(0.0 if len(P) == 1 else np.mean([gain[j, i] for j in P if j != i]) for i in P)
+
+    for budget in range(1, T + 1):
+        expected = max(sum(own(b) for b in p) for p in partitions(list(range(T))) if len(p) <= budget)
+        found = exact_search(gain, budget, overlap=False)
+        assert found.value == pytest.approx(expected, abs=1e-9)
+        assert sorted(i for g in found.groups for i in g) == list(range(T))  # a partition
+        assert exact_search(gain, budget).value >= found.value - 1e-12      # overlapping groups can only add

@@ -229,7 +229,8 @@ def _group(args: argparse.Namespace) -> int:
         raise ConfigError("group: give --budget B (the most networks), or --tree")
     try:
         result = grouping.group_from_config(cfg, out, args.budget, args.method, args.affinity_every,
-                                            args.affinity_epochs, args.max_params, not args.no_train, args.lr)
+                                            args.affinity_epochs, args.max_params, not args.no_train, args.lr,
+                                            not args.raw_affinity, not args.partition)
     except ValueError as e:
         if isinstance(e, ConfigError):
             raise
@@ -300,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help="lookahead step size (default: the optimiser's lr)")
     g.add_argument("--max-params", type=float, help="ceiling on the chosen networks' summed parameters")
     g.add_argument("--no-train", action="store_true", help="only measure and search; do not train the groups")
+    g.add_argument("--partition", action="store_true", help="each task in exactly one network (default: groups "
+                                                           "may overlap, each task served by its best)")
+    g.add_argument("--raw-affinity", action="store_true", help="average TAG's Z as measured (default: each "
+                                                              "measurement normalised by the tasks' own-step gains)")
     g.add_argument("--tree", action="store_true", help="propose a branching tree (the branched model's branches)")
     g.add_argument("--param-budget", type=float, default=2.0,
                    help="--tree: trunk parameters allowed, as a multiple of the all-shared trunk's")

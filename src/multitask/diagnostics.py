@@ -68,10 +68,16 @@ class Diagnostics:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(counts > 0, neg / np.maximum(counts, 1), np.nan)
 
-    def mean_affinity(self) -> np.ndarray:
+    def mean_affinity(self, normalized: bool = False) -> np.ndarray:
         """(T, T) TAG affinity averaged over training (NaN where a pair was never measured); the diagonal is
-        a task's own lookahead gain."""
-        return _nanmean(self.affinity)
+        a task's own lookahead gain. `normalized`: each record's Z[i, j] divided by Z[j, j] first (the share of
+        j's own-step gain that a step for i gives; NaN where j's own step did not lower its loss), so that
+        every measurement weighs the same whatever the scale of the losses at that point of training."""
+        if not normalized:
+            return _nanmean(self.affinity)
+        own = np.einsum("sjj->sj", self.affinity)[:, None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return _nanmean(np.where(own > 0, self.affinity / np.where(own > 0, own, 1.0), np.nan))
 
     def norm_ratios(self) -> np.ndarray:
         """(S, T) each task's gradient norm over the mean norm of the tasks present at that step."""

@@ -189,7 +189,7 @@ def _partition_dp(v: np.ndarray, T: int, budget: int) -> np.ndarray:
 
 
 def exact_search(gain: np.ndarray, budget: int, group_cost: Any = None, max_cost: float | None = None,
-                 max_nodes: int = 5_000_000) -> Selection:
+                 max_nodes: int = 5_000_000, overlap: bool = True) -> Selection:
     """The best selection of at most `budget` groups, exactly (T <= 14).
 
     A selection induces a partition of the tasks (by serving group) and any partition into blocks served by
@@ -198,7 +198,8 @@ def exact_search(gain: np.ndarray, budget: int, group_cost: Any = None, max_cost
     subsets (3^T pairs). With `max_cost` (`group_cost(group)` -> float) a branch and bound over partitions
     (block holding the lowest uncovered task, then its serving group among P's supersets), bounded by the
     cost-free programme, finds the best selection within the cost; `optimal` is False only if `max_nodes` was
-    reached. ValueError when no selection is feasible."""
+    reached. With `overlap=False` every task is trained in exactly one network (the groups partition the
+    tasks, each block served by itself). ValueError when no selection is feasible."""
     gain = _check(gain, budget)
     T = gain.shape[0]
     if T > EXACT_MAX_TASKS:
@@ -206,7 +207,11 @@ def exact_search(gain: np.ndarray, budget: int, group_cost: Any = None, max_cost
     start = time.perf_counter()
     full = (1 << T) - 1
     S = mask_scores(gain)
-    v, arg = _block_values(S)
+    if overlap:
+        v, arg = _block_values(S)
+    else:
+        v, arg = np.where(np.isfinite(S), S, 0.0).sum(1), np.arange(1 << T)
+        v[0] = 0.0
     budget = min(budget, T)
     dp = _partition_dp(v, T, budget)
     tol = 1e-9
@@ -233,7 +238,7 @@ def exact_search(gain: np.ndarray, budget: int, group_cost: Any = None, max_cost
         """(score, cost, G) of P's supersets that no cheaper superset scores as well as, best score first."""
         if P not in servers:
             members = [i for i in range(T) if P >> i & 1]
-            Gs = _submasks(full & ~P) | P
+            Gs = _submasks(full & ~P) | P if overlap else np.array([P], dtype=np.int64)
             scores = S[np.ix_(Gs, members)].sum(1)
             items = sorted(((float(s), cost(int(G)), int(G)) for s, G in zip(scores, Gs)), key=lambda x: (x[1], -x[0]))
             front, top = [], -math.inf
@@ -358,11 +363,12 @@ def heuristic_search(gain: np.ndarray, budget: int, group_cost: Any = None,
     return _selection(S, list(groups), chosen, costs, "heuristic", False, 0, time.perf_counter() - start)
 
 
-def choose_groups(gain: np.ndarray, budget: int, group_cost: Any = None, max_cost: float | None = None) -> Selection:
-    """Exact search up to EXACT_MAX_TASKS tasks, the heuristic beyond."""
+def choose_groups(gain: np.ndarray, budget: int, group_cost: Any = None, max_cost: float | None = None,
+                  overlap: bool = True) -> Selection:
+    """Exact search up to EXACT_MAX_TASKS tasks, the heuristic beyond (which allows overlapping groups)."""
     gain = _check(gain, budget)
     if gain.shape[0] <= EXACT_MAX_TASKS:
-        return exact_search(gain, budget, group_cost, max_cost)
+        return exact_search(gain, budget, group_cost, max_cost, overlap=overlap)
     found = heuristic_search(gain, budget, group_cost, max_cost)
     if found is None:
         raise ValueError(f"the heuristic found no selection of at most {budget} groups within max_cost={max_cost}")
@@ -421,9 +427,10 @@ def train_group(cfg: Any, tasks: Sequence[str], out: Path, all_tasks: Sequence[s
 
 
 def measure_affinity(cfg: Any, out: Path, affinity_every: int = 10, epochs: int | None = None,
-                     lr: float | None = None) -> dict:
+                     lr: float | None = None, normalized: bool = True) -> dict:
     """TAG: train all tasks together with the lookahead affinity recorded every `affinity_every` steps (this
-    run is also the all-in-one model). Returns the mean affinity, the run and the diagnostics' own seconds."""
+    run is also the all-in-one model). Returns the mean affinity (`normalized`: see
+    `Diagnostics.mean_affinity`), the run and the diagnostics' own seconds."""
     from multitask.diagnostics import read_diagnostics
     from multitask.training import read_metrics
 
@@ -434,7 +441,7 @@ def measure_affinity(cfg: Any, out: Path, affinity_every: int = 10, epochs: int 
     D = read_diagnostics(final["run_dir"], tasks)
     history = read_metrics(final["run_dir"])
     extra = (history[-1].get("diagnostics_seconds") or {}) if history else {}
-    return {"tasks": tasks, "affinity": D.mean_affinity(), "run": final,
+    return {"tasks": tasks, "affinity": D.mean_affinity(normalized), "run": final,
             "train_seconds": float(sum(r["seconds"] for r in history)),
             "diagnostics_seconds": float(sum(extra.values())) if extra else math.nan,
             "records": int(len(D.affinity_steps))}
@@ -513,16 +520,17 @@ def compare(cfg: Any, tasks: Sequence[str], groups: Sequence[Sequence[str]], out
 
 def group_from_config(cfg: Any, out: str | Path, budget: int, method: str = "affinity", affinity_every: int = 10,
                       affinity_epochs: int | None = None, max_cost: float | None = None, train: bool = True,
-                      lr: float | None = None) -> dict:
-    """`multitask group`: measure (TAG affinity or Standley pairs), search, train the chosen groups and compare;
-    writes OUT/grouping.json and returns it."""
+                      lr: float | None = None, normalized: bool = True, overlap: bool = True) -> dict:
+    """`multitask group`: measure (TAG affinity, `normalized` per measurement by default, or Standley pairs),
+    search (`overlap`: a task may sit in several chosen groups, served by its best; else a partition), train the
+    chosen groups and compare; writes OUT/grouping.json and returns it."""
     from multitask.jsonio import write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if method == "affinity":
-        measured = measure_affinity(cfg, out, affinity_every, affinity_epochs, lr)
+        measured = measure_affinity(cfg, out, affinity_every, affinity_epochs, lr, normalized)
         gain = measured["affinity"]
         found = {"affinity": gain.tolist(), "affinity_records": measured["records"],
                  "affinity_run": measured["run"]["run_dir"], "affinity_train_seconds": measured["train_seconds"],
@@ -541,8 +549,9 @@ def group_from_config(cfg: Any, out: str | Path, budget: int, method: str = "aff
         shared, own = parameter_costs(cfg)
         cost = lambda g: shared + sum(own[tasks[i]] for i in g)  # noqa: E731
     gain = np.nan_to_num(np.asarray(gain, dtype=np.float64), nan=0.0)
-    selection = choose_groups(gain, budget, cost, max_cost)
-    result = {"tasks": tasks, "method": method, "budget": budget, "max_cost": max_cost, **found,
+    selection = choose_groups(gain, budget, cost, max_cost, overlap)
+    result = {"tasks": tasks, "method": method, "budget": budget, "max_cost": max_cost, "overlap": overlap,
+              "normalized_affinity": normalized if method == "affinity" else None, **found,
               "selection": selection.named(tasks), "measure_seconds": measure_seconds,
               "search_seconds": selection.seconds}
     if train:
