@@ -13,6 +13,7 @@ overlap). Optional: a cost per group (e.g. its parameters, i.e. inference cost) 
   is the best partition into at most `budget` blocks, a block P worth v(P) = max_{G ⊇ P} sum_{i in P} s(G, i).
   Without a cost ceiling: a dynamic programme over subsets (3^T block/rest pairs, vectorised: ~3 s at T = 14).
   With one: branch and bound over partitions (each block and its serving group), bounded by that programme.
+- `overlap=False`: every task in exactly one network (a partition; the blocks serve themselves).
 - `heuristic_search` (beyond 14 tasks): candidates = all groups of up to 3 tasks, every task's greedy
   agglomeration (add the partner that raises the group's score most) and the whole set; facility-location
   greedy (add the group with the largest gain) then swaps of one chosen group for one candidate while that
