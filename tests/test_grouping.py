@@ -189,3 +189,21 @@ def test_partition_search_equals_brute_force(T, seed):
         assert found.value == pytest.approx(expected, abs=1e-9)
         assert sorted(i for g in found.groups for i in g) == list(range(T))  # a partition
         assert exact_search(gain, budget).value >= found.value - 1e-12      # overlapping groups can only add
+
+
+def test_pairs_with_a_parameter_ceiling(tmp_path):
+    from multitask import config as cfgmod
+    from multitask.grouping import group_from_config, parameter_costs
+
+    cfg = cfgmod.validate({"data": {"name": "yeast", "limit": 200}, "tasks": {"class1": {}, "class2": {}, "class3": {}},
+                           "model": {"name": "hard_sharing", "hidden": [8], "head_hidden": [4]},
+                           "trainer": {"epochs": 1, "batch_size": 64, "progress": False}})
+    shared, own = parameter_costs(cfg)
+    ceiling = 2 * shared + sum(own.values()) + min(own.values())  # room for two networks, one of them a pair at most
+    result = group_from_config(cfg, tmp_path, 3, method="pairs", max_cost=ceiling)
+    sel = result["selection"]
+    assert len(result["pair_gain"]) == 3 and sel["cost"] <= ceiling and len(sel["groups"]) <= 2
+    # the cost model (shared trunk + the tasks' heads) is the trained networks' exact parameter count
+    assert result["comparison"]["grouped"]["trained_groups_parameters"] == sel["cost"]
+    with pytest.raises(ValueError, match="below the all-in-one"):
+        group_from_config(cfg, tmp_path / "x", 2, max_cost=shared)

@@ -100,7 +100,7 @@ def read_records(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: the run was trained without diagnostics (add a "
-                                "`diagnostics:` section to its config, or pass multitask.diagnostics.Diagnostics "
+                                "`diagnostics:` section to its config, or pass multitask.diagnostics.DiagnosticsCallback "
                                 "to Trainer.fit)")
     out = []
     for line in path.read_text().splitlines():

@@ -407,13 +407,16 @@ def run_name(tasks: Sequence[str], all_tasks: Sequence[str]) -> str:
 
 def train_group(cfg: Any, tasks: Sequence[str], out: Path, all_tasks: Sequence[str],
                 diagnostics: dict | None = None, epochs: int | None = None, name: str | None = None) -> dict:
-    """Train `cfg` on `tasks` into out/runs/<name> (reusing a finished run); returns its final.json plus
+    """Train `cfg` on `tasks` into out/runs/<name> (reusing a finished run, unless `diagnostics` are asked for
+    and it has none: it is trained again, to the same weights, with them); returns its final.json plus
     the validation loss per task at the best epoch (`val_loss`) and the run directory."""
     from multitask import experiment
     from multitask.training import read_metrics
 
     run_dir = Path(out) / "runs" / (name or run_name(tasks, all_tasks))
-    if (run_dir / "final.json").exists():
+    from multitask.diagnostics import FILE
+
+    if (run_dir / "final.json").exists() and (diagnostics is None or (run_dir / FILE).exists()):
         final = experiment.read_final(run_dir / "final.json")
     else:
         final = experiment.run(config_for(cfg, tasks, diagnostics, epochs), run_dir)
@@ -468,10 +471,10 @@ def parameter_costs(cfg: Any) -> tuple[float, dict[str, float]]:
     """(shared, per-task) parameter counts of the configured model built for all tasks: a group's network
     costs shared + the sum of its tasks' own parameters (exact for hard sharing)."""
     from multitask import experiment
-    from multitask import config as cfgmod
 
-    tasks = cfgmod.planned_tasks(cfg)
-    model = experiment.build_model(cfg, tasks, cfgmod.planned_input_spec(cfg))
+    bundle = experiment.load_data(cfg)  # the real input schema (the planned one is a placeholder)
+    tasks = bundle.tasks
+    model = experiment.build_model(cfg, tasks, bundle.preprocessor.schema)
     shared = float(sum(p.numel() for p in model.shared_parameters()))
     own = {t.name: float(sum(p.numel() for p in model.task_parameters(t.name))) for t in tasks}
     return shared, own
@@ -528,6 +531,11 @@ def group_from_config(cfg: Any, out: str | Path, budget: int, method: str = "aff
     from multitask.jsonio import write_json
 
     out = Path(out)
+    if max_cost is not None:  # the cheapest cover is the all-in-one network: refuse before any training
+        shared, own = parameter_costs(cfg)
+        if shared + sum(own.values()) > max_cost:
+            raise ValueError(f"max_cost {max_cost:g} is below the all-in-one network's {shared + sum(own.values()):.0f} "
+                             "parameters, the cheapest way to serve every task")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if method == "affinity":
