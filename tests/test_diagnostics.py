@@ -68,11 +68,12 @@ def test_tag_affinity_equals_a_hand_computed_lookahead(tmp_path):
 
 
 @pytest.mark.parametrize("name,mode", [("equal", "parameters"), ("mgda", "parameters"), ("graddrop", "parameters"),
-                                       ("mgda", "features")])
+                                       ("mgda", "features"), ("equal", "features")])
 def test_cosines_equal_independent_autograd(tmp_path, name, mode):
     tasks, data = synthetic(n=256)
     options = {} if name == "equal" else {"mode": mode}
-    start, D = _one_step(tasks, data, BALANCERS[name](tasks, **options), tmp_path, every=1, affinity_every=None)
+    start, D = _one_step(tasks, data, BALANCERS[name](tasks, **options), tmp_path, every=1, affinity_every=None,
+                         mode=mode if name == "equal" else "auto")
     if mode == "features":
         def rep_grads():
             z = start.shared(data.inputs)
@@ -182,3 +183,22 @@ def test_normalized_affinity_by_hand():
     N = D.mean_affinity(normalized=True)
     assert N[0, 1] == pytest.approx(0.1 / 0.4)           # step 10: b's own step did not help: left out
     assert N[1, 0] == pytest.approx((0.05 / 0.2 + 0.0) / 2) and N[0, 0] == pytest.approx(1.0)
+
+
+def test_a_task_without_labels_in_a_step_is_left_out(tmp_path):
+    tasks, data = synthetic(n=192)
+    batches = []
+    for k in range(3):
+        idx = torch.arange(64 * k, 64 * (k + 1))
+        targets = {t: y[idx].clone() for t, y in data.targets.items()}
+        if k == 1:
+            targets["reg"][:] = float("nan")   # no labels for reg in the second step
+        batches.append((data.inputs[idx], targets))
+    trainer = Trainer(_model(tasks), tasks, BALANCERS["equal"](tasks), epochs=1, lr=1e-2, progress=False,
+                      run_dir=tmp_path)
+    trainer.fit(batches, callbacks=[DiagnosticsCallback(every=1, affinity_every=1)])
+    lines = [json.loads(l) for l in (tmp_path / FILE).read_text().splitlines()]
+    assert [l["tasks"] for l in lines if l["step"] == 2] == [["bin", "cls"], ["bin", "cls"]]
+    D = read_diagnostics(tmp_path)
+    assert np.isnan(D.cosine[1, 0]).all() and np.isnan(D.affinity[1, :, 0]).all()
+    assert not np.isnan(D.cosine[1, 1:, 1:]).any() and not np.isnan(D.cosine[0]).any()
