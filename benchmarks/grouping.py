@@ -152,6 +152,37 @@ def synthetic_seed(seed: int, args) -> dict:
     }
 
 
+def tree_seed(seed: int, args) -> dict:
+    """Where to branch on the synthetic clusters: a branched network (3 trunk layers 64-32-32) trained with all
+    layers shared and affinity by depth every `every` steps; trees proposed at 1.5x, 2x and 3x the trunk's
+    parameters from the raw and the normalised per-layer affinity; ARI of the last layer's branches against
+    the true clusters."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from multitask.grouping import LayerAffinity, propose_tree, read_layer_affinity
+    from multitask.models.branched import Branched
+
+    parts = synthetic(seed, args.n_train, 2000, 4000)
+    tasks = [Task(t, "regression") for t in NAMES]
+    torch.manual_seed(seed)
+    model = Branched.tabular(tasks, InputSchema(D), hidden=(64, 32, 32), head_hidden=(16,))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, tasks, BALANCERS["equal"](tasks), epochs=args.epochs, batch_size=128, lr=LR,
+                          seed=seed, progress=False, patience=5, run_dir=tmp)
+        trainer.fit(parts[0], parts[1], callbacks=[LayerAffinity(args.every)])
+        layers = {norm: read_layer_affinity(tmp, NAMES, norm) for norm in (True, False)}
+    sizes = [float(sum(p.numel() for p in layer.parameters())) for layer in model.trunk]
+    out = {"seed": seed, "trees": []}
+    for norm, A in layers.items():
+        for budget in (1.5, 2.0, 3.0):
+            tree = propose_tree(A, sizes, budget * sum(sizes))
+            last = {i: k for k, g in enumerate(tree.layout[-1]) for i in g}
+            out["trees"].append({"normalized": norm, "budget": budget, "branches": tree.branches(NAMES),
+                                 "ari_last_layer": float(adjusted_rand_score(TRUTH, [last[i] for i in range(len(NAMES))])),
+                                 "params_ratio": tree.params / sum(sizes)})
+    return out
+
+
 def free_cost(args) -> dict:
     """Wall time of the all-in-one synthetic run with MGDA (a Gramian balancer) with and without gradient
     records every step: the records come from the engine's own Gramian (median of 3 runs each)."""
@@ -254,6 +285,7 @@ def main() -> None:
               + f"; all {r['loss_all_in_one']:.3f} single {r['loss_one_per_task']:.3f} "
               f"truth {r['loss_true_clusters']:.3f}", flush=True)
     free = free_cost(args) if synth else None
+    trees = [tree_seed(s, args) for s in args.seeds[:3]]
     datasets = {}
     if not args.skip_datasets:
         work = Path(args.work or tempfile.mkdtemp(prefix="grouping-bench-"))
@@ -269,7 +301,7 @@ def main() -> None:
         datasets["yeast"] = dataset_part("yeast", yeast, 4, work, "all", 0)
         print("yeast:", datasets["yeast"]["groups"], flush=True)
     total = time.perf_counter() - start
-    result = {"synthetic": synth, "free_gradient_records": free, "datasets": datasets, "args": vars(args), "seconds": total,
+    result = {"synthetic": synth, "free_gradient_records": free, "trees": trees, "datasets": datasets, "args": vars(args), "seconds": total,
               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -322,6 +354,19 @@ def synthetic_lines(r: dict) -> list[str]:
               f"{100 * med('overhead_fraction'):.0f}% longer. Search (exact, 10 tasks): "
               f"{1000 * vmed(keys[0], 'search_seconds'):.0f} ms with overlap, "
               f"{1000 * vmed(keys[1], 'search_seconds'):.0f} ms as a partition.", ""]
+    if r.get("trees"):
+        lines += ["### Where to branch (same data, seeds " + ", ".join(str(t["seed"]) for t in r["trees"]) + ")", "",
+                  "A branched network (trunk 64-32-32) trained with every layer shared, TAG affinity by depth every "
+                  f"{a['every']} steps; trees grown under 1.5x, 2x and 3x the trunk's parameters. ARI: the last "
+                  "layer's branches against the true clusters (noise its own).", "",
+                  "| seed | affinity | budget | ARI last layer | trunk params / all-shared | branches at the last layer |",
+                  "|---|---|---|---|---|---|"]
+        for t in r["trees"]:
+            for x in t["trees"]:
+                lines.append(f"| {t['seed']} | {'normalized' if x['normalized'] else 'raw'} | {x['budget']:g}x | "
+                             f"{x['ari_last_layer']:.3f} | {x['params_ratio']:.2f} | "
+                             + "; ".join("+".join(g) for g in x["branches"][-1]) + " |")
+        lines.append("")
     f = r.get("free_gradient_records")
     if f:
         lines += [f"With a gradient-based balancer the gradient records come from the engine's Gramian: MGDA, "

@@ -217,7 +217,7 @@ def _group(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-groups")
     if args.tree:
         result = grouping.tree_from_config(cfg, out, args.param_budget, args.affinity_every, args.affinity_epochs,
-                                           args.lr)
+                                           args.lr, not args.raw_affinity)
         print("branches (by layer):")
         for i, layer in enumerate(result["branches"]):
             print(f"  layer {i}: " + " | ".join("+".join(g) for g in layer))

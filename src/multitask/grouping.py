@@ -626,8 +626,9 @@ class LayerAffinity(Callback):
                         f.write(to_json(rec) + "\n")
 
 
-def read_layer_affinity(run_dir: str | Path, tasks: Sequence[str]) -> np.ndarray:
-    """(L, T, T): the mean Z^l over the recorded steps (NaN where never measured)."""
+def read_layer_affinity(run_dir: str | Path, tasks: Sequence[str], normalized: bool = True) -> np.ndarray:
+    """(L, T, T): the mean Z^l over the recorded steps (NaN where never measured); `normalized`: each record's
+    Z^l[i, j] divided by Z^l[j, j] first, as in `Diagnostics.mean_affinity`."""
     from multitask.diagnostics import _array
 
     path = Path(run_dir) / LAYER_FILE
@@ -645,6 +646,10 @@ def read_layer_affinity(run_dir: str | Path, tasks: Sequence[str]) -> np.ndarray
     for r in recs:
         idx = [pos[t] for t in r["tasks"]]
         Z = _array(r["affinity"])
+        if normalized:
+            own = np.diag(Z)[None, :]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                Z = np.where(own > 0, Z / np.where(own > 0, own, 1.0), np.nan)
         ok = np.isfinite(Z)
         total[r["layer"]][np.ix_(idx, idx)] += np.where(ok, Z, 0.0)
         count[r["layer"]][np.ix_(idx, idx)] += ok
@@ -755,7 +760,7 @@ def branched_config(cfg: Any, branches: Any = None) -> Any:
 
 
 def tree_from_config(cfg: Any, out: str | Path, param_budget: float = 2.0, every: int = 10,
-                     epochs: int | None = None, lr: float | None = None) -> dict:
+                     epochs: int | None = None, lr: float | None = None, normalized: bool = True) -> dict:
     """`multitask group --tree`: train the all-shared branched network recording affinity by depth, grow a
     tree within `param_budget` x the all-shared trunk's parameters, and write OUT/tree.yaml (a config that
     `multitask train` runs) and OUT/tree.json."""
@@ -780,7 +785,7 @@ def tree_from_config(cfg: Any, out: str | Path, param_budget: float = 2.0, every
     trainer = Trainer(model, bundle.tasks, experiment.build_balancer(shared_cfg, bundle.tasks),
                       experiment.trainer_config(shared_cfg), run_dir=run)
     trainer.fit(bundle.training_data(), bundle.val, callbacks=[LayerAffinity(every, lr)])
-    A = read_layer_affinity(run, tasks)
+    A = read_layer_affinity(run, tasks, normalized)
     sizes = [float(sum(p.numel() for p in layer.parameters())) for layer in model.trunk]
     tree = propose_tree(A, sizes, param_budget * sum(sizes))
     branches = tree.branches(tasks)
@@ -788,6 +793,6 @@ def tree_from_config(cfg: Any, out: str | Path, param_budget: float = 2.0, every
     write_text_atomic(out / "tree.yaml", cfgmod.dump(tree_cfg))
     result = {"tasks": tasks, "branches": branches, "score": tree.score, "trunk_parameters": tree.params,
               "all_shared_trunk_parameters": float(sum(sizes)), "param_budget": param_budget, "moves": tree.steps,
-              "layer_affinity": A.tolist(), "seconds": time.perf_counter() - start, "config": str(out / "tree.yaml")}
+              "layer_affinity": A.tolist(), "normalized_affinity": normalized, "seconds": time.perf_counter() - start, "config": str(out / "tree.yaml")}
     write_json(out / "tree.json", result)
     return result
