@@ -30,7 +30,6 @@ import json
 import math
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
