@@ -267,7 +267,7 @@ class DiagnosticsCallback(Callback):
 
     def summary(self) -> dict[str, Any]:
         """Means over training from the running sums: affinity (T x T) and conflict frequency (T x T)."""
-        s = self.sums
+        s = self.sums or _empty_sums(len(getattr(self, "_tasks", [])))
         with np.errstate(invalid="ignore", divide="ignore"):
             return {"tasks": list(getattr(self, "_tasks", [])),
                     "mean_affinity": np.where(s["aff_n"] > 0, s["aff_sum"] / np.maximum(s["aff_n"], 1), np.nan),
