@@ -198,9 +198,31 @@ def _balance_jacobian(balancer: GradientBalancer, J: Tensor, shared: list[torch.
         w = _solve(balancer, _stricter(balancer, _gram(J), lambda: _exact_gram(J)), loss_values, index)
         d = w.to(J.dtype) @ J
     else:
+        _keep(balancer, index, lambda: _gram(J))
         d = _aggregate(balancer, J, loss_values, index)
     for p, g in zip(shared, _split(d, shared)):
         _accumulate(p, g)
+
+
+def keep_gramian(balancer: GradientBalancer, on: bool = True) -> None:
+    """Ask the engine to keep the Gramian of the task gradients of each step where the balancer's direction is
+    computed afresh (for observers such as `multitask.diagnostics`); a Jacobian method's Gramian is then formed
+    for it. Record-keeping only: the step is unchanged."""
+    _space(balancer)["keep_gramian"] = bool(on)
+
+
+def last_gramian(balancer: GradientBalancer, clear: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """(K, index): the Gramian (float64, present tasks) kept by `keep_gramian` and the tasks' positions in
+    `balancer.task_names`; None when none was kept since the last `clear`."""
+    space = _space(balancer)
+    return space.pop("last_gramian", None) if clear else space.get("last_gramian")
+
+
+def _keep(balancer: GradientBalancer, index: np.ndarray, gram: Callable[[], Tensor]) -> None:
+    """Record `gram()` for `last_gramian` when an observer asked for it (nothing is computed otherwise)."""
+    space = _space(balancer)
+    if space.get("keep_gramian"):
+        space["last_gramian"] = (gram().detach().double().cpu().numpy().copy(), np.asarray(index).copy())
 
 
 def _fill_row(J: Tensor, i: int, grads: tuple, sizes: list[int]) -> None:
@@ -309,6 +331,7 @@ def _gradient_step(model: MultiTaskModel, balancer: GradientBalancer, inputs: An
                 w = _solve(balancer, K, loss_values, index)
                 torch.autograd.backward(targets, feats.combine(w))
                 return losses
+            _keep(balancer, index, feats.gram)
             if reducer is not None:
                 d = _global_feature_direction(balancer, feats, targets, loss_values, index, reducer)
                 torch.autograd.backward(targets, _split(d, targets))
@@ -728,6 +751,7 @@ def _check_finite_losses(tasks: list[str], values: Tensor) -> None:
 
 def _solve(balancer: GramianBalancer, gram: Tensor, losses: Tensor, index: np.ndarray) -> Tensor:
     K = gram.detach().double().cpu().numpy()
+    _keep(balancer, index, lambda: gram)
     if not np.all(np.isfinite(K)):  # finite losses with overflowing gradients: no solver can use this
         bad = [balancer.task_names[i] for i, ok in zip(index, np.isfinite(K).all(axis=1)) if not ok]
         raise NonFiniteError(f"the gradients of task(s) {', '.join(map(repr, bad))} are not finite (or overflow in "

@@ -314,6 +314,49 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _group(args: argparse.Namespace) -> int:
+    from multitask import config, grouping
+
+    for name, value, low in (("--budget", args.budget, 1), ("--affinity-every", args.affinity_every, 1),
+                             ("--affinity-epochs", args.affinity_epochs, 1), ("--param-budget", args.param_budget, 1),
+                             ("--lr", args.lr, 0), ("--max-params", args.max_params, 0)):
+        if value is not None and not value >= low or (low == 0 and value is not None and value <= 0):
+            raise ConfigError(f"group: {name} must be {'>= 1' if low else '> 0'}, got {value}")
+    cfg = config.load(args.config, args.set or [])
+    out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-groups")
+    if args.tree:
+        result = grouping.tree_from_config(cfg, out, args.param_budget, args.affinity_every, args.affinity_epochs,
+                                           args.lr, not args.raw_affinity)
+        print("branches (by layer):")
+        for i, layer in enumerate(result["branches"]):
+            print(f"  layer {i}: " + " | ".join("+".join(g) for g in layer))
+        print(f"trunk parameters {result['trunk_parameters']:.0f} (all shared: "
+              f"{result['all_shared_trunk_parameters']:.0f}); config: {result['config']} "
+              f"(train it with: multitask train {result['config']})")
+        return 0
+    if args.budget is None:
+        raise ConfigError("group: give --budget B (the most networks), or --tree")
+    try:
+        result = grouping.group_from_config(cfg, out, args.budget, args.method, args.affinity_every,
+                                            args.affinity_epochs, args.max_params, not args.no_train, args.lr,
+                                            not args.raw_affinity, not args.partition)
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"group: {e}") from None
+    sel = result["selection"]
+    print(f"groups ({sel['method']}{', optimal' if sel['optimal'] else ''}): "
+          + "; ".join("+".join(g) for g in sel["groups"]))
+    comp = result.get("comparison")
+    if comp:
+        print(f"{'solution':<14} {'Δm %':>8} {'params':>10} {'networks':>8}")
+        for k in ("grouped", "all_in_one", "one_per_task"):
+            c = comp[k]
+            print(f"{k:<14} {c['delta_m']:>+8.2f} {c['parameters']:>10} {c['networks']:>8}")
+    print(f"written: {out / 'grouping.json'}")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line (exit 2), like every other error of the CLI."""
 
@@ -385,6 +428,27 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--resume", action="store_true",
                     help="keep the runs an interrupted sweep finished with the same config; train the rest")
     sw.set_defaults(fn=_sweep)
+    g = sub.add_parser("group", help="choose which tasks to train together (TAG affinity or pairs), or where to "
+                                     "branch (--tree)")
+    g.add_argument("config")
+    g.add_argument("--budget", type=int, help="the most networks (groups) to train")
+    g.add_argument("--method", choices=["affinity", "pairs"], default="affinity",
+                   help="affinity: TAG lookahead while training all tasks once; pairs: train every pair (Standley)")
+    g.add_argument("--out", help="output directory (default runs/<config name>-groups)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    g.add_argument("--affinity-every", type=int, default=10, help="steps between affinity measurements")
+    g.add_argument("--affinity-epochs", type=int, help="epochs of the affinity run (default: the config's)")
+    g.add_argument("--lr", type=float, help="lookahead step size (default: the optimiser's lr)")
+    g.add_argument("--max-params", type=float, help="ceiling on the chosen networks' summed parameters")
+    g.add_argument("--no-train", action="store_true", help="only measure and search; do not train the groups")
+    g.add_argument("--partition", action="store_true", help="each task in exactly one network (default: groups "
+                                                           "may overlap, each task served by its best)")
+    g.add_argument("--raw-affinity", action="store_true", help="average TAG's Z as measured (default: each "
+                                                              "measurement normalised by the tasks' own-step gains)")
+    g.add_argument("--tree", action="store_true", help="propose a branching tree (the branched model's branches)")
+    g.add_argument("--param-budget", type=float, default=2.0,
+                   help="--tree: trunk parameters allowed, as a multiple of the all-shared trunk's")
+    g.set_defaults(fn=_group)
 
     m = sub.add_parser("methods", help="list balancing methods and models")
     m.set_defaults(fn=_methods)

@@ -161,6 +161,16 @@ class DistillConfig(_Strict):
     temperature: Num = Field(1.0, gt=0, description="T of the softened cross-entropy (multiclass tasks)")
 
 
+class DiagnosticsSection(_Strict):
+    """`diagnostics:` (multitask.diagnostics): gradient conflict every `every` steps, TAG affinity every
+    `affinity_every` steps (null: off), lookahead step `lr` (null: the optimiser's)."""
+
+    every: Optional[Int] = Field(10, ge=1, description="steps between gradient-cosine records (null: off)")
+    affinity_every: Optional[Int] = Field(50, ge=1, description="steps between TAG affinity records (null: off)")
+    lr: Optional[Num] = Field(None, gt=0, description="lookahead step size (null: the optimiser's lr)")
+    mode: Literal["auto", "parameters", "features"] = "auto"
+
+
 class RunConfig(_Strict):
     data: DataConfig
     tasks: Optional[dict[str, TaskConfig]] = Field(None, description="which tasks to train (default: all)")
@@ -169,6 +179,8 @@ class RunConfig(_Strict):
     trainer: TrainerSection = TrainerSection()
     baselines: str = Field("none", description="'none', 'auto' (train Independent first) or a run dir / final.json")
     distill: Optional[DistillConfig] = Field(None, description="distillation on rows without a task's label")
+    diagnostics: Optional[DiagnosticsSection] = Field(None, description="gradient conflict and task affinity "
+                                                      "records (multitask.diagnostics); off when absent")
 
     @field_validator("baselines")
     @classmethod

@@ -186,7 +186,8 @@ def train_one(cfg: RunConfig, bundle: DatasetBundle, out: Path, resume: bool, mo
     balancer = build_balancer(cfg, bundle.tasks, balancer_name)
     trainer = Trainer(model, bundle.tasks, balancer, trainer_config(cfg), run_dir=out, distill=distill)
     resume = resume and (out / "checkpoints" / "last.pt").exists()
-    history = trainer.fit(bundle.training_data(), bundle.val, resume=resume)
+    history = trainer.fit(bundle.training_data(), bundle.val, resume=resume,
+                          callbacks=diagnostics_callbacks(cfg) if model_name is None else [])
     test = trainer.evaluate(bundle.test)  # regression metrics in original units (Task.target_std)
     val = trainer.evaluate(bundle.val)
     final = {
@@ -220,6 +221,13 @@ def distributed_fields(trainer: Trainer) -> dict[str, Any]:
     of ``trainer.batch_size`` rows differ by at most one row; this is the largest)."""
     world = 1 if trainer.dist is None else trainer.dist.world_size
     return {"world_size": world, "per_rank_batch_size": -(-trainer.config.batch_size // world)}
+def diagnostics_callbacks(cfg: RunConfig) -> list:
+    """The configured `diagnostics:` callback (none when the section is absent)."""
+    if cfg.diagnostics is None:
+        return []
+    from multitask.diagnostics import DiagnosticsCallback
+
+    return [DiagnosticsCallback(**cfg.diagnostics.model_dump())]
 
 
 def read_final(path: Path, what: str = "final.json") -> dict:
