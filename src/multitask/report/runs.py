@@ -9,7 +9,6 @@ from typing import Any
 from multitask.config import ConfigError
 from multitask.jsonio import nulls_to_nan
 
-DIAGNOSTICS_FILE = "diagnostics.jsonl"
 
 
 @dataclass
@@ -104,9 +103,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_diagnostics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of the run's diagnostics.jsonl ([] when the run has none).
+    """The gradient and affinity records of the run's diagnostics.jsonl ([] when the run has none); see
+    `multitask.diagnostics` for their fields."""
+    from multitask.diagnostics import read_records
 
-    A private stand-in for `multitask.diagnostics.read_diagnostics` (the diagnostics callback's own reader):
-    switch to that one when it is merged. Records: {"kind": "gradients", "step", "epoch", "tasks", "cosine",
-    "norms", "weights"} and {"kind": "affinity", "step", "epoch", "tasks", "affinity"}."""
-    return [r for r in _read_jsonl(Path(run_dir) / DIAGNOSTICS_FILE) if r.get("kind") in ("gradients", "affinity")]
+    try:
+        return [r for r in read_records(run_dir) if r.get("kind") in ("gradients", "affinity")]
+    except FileNotFoundError:
+        return []
