@@ -3,13 +3,20 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup data bench clean
+.PHONY: demo test setup data browser bench clean
 
 demo: data
 	$(BIN)/multitask train examples/census.yaml --out runs/census-demo --overwrite
 
-test: data
+test: data browser
 	$(BIN)/python -m pytest -q
+
+# The report's browser test renders a report in headless Chromium (Debian's package `chromium`), installed
+# here when it is missing and we may (root, apt-get); otherwise that one test skips and says how to install it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  chromium) >/dev/null 2>&1; } || echo "chromium is not installed: the headless-browser test will skip"
 
 setup: $(VENV)/.installed
 
