@@ -29,6 +29,7 @@ from multitask.balancing.base import LossBalancer
 from multitask.data.dataset import n_rows
 from multitask.models.base import MultiTaskModel
 from multitask.tasks import Task, check_unique
+from multitask.training.trainer import make_optimizer
 
 try:
     import lightning.pytorch as pl
@@ -97,15 +98,8 @@ class MultiTaskModule(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """The model's parameters with weight decay, the balancer's own (log-variances, ...) without, as in
         `multitask.Trainer`; override for schedulers or another optimiser."""
-        groups = [{"params": list(self.model.parameters()), "weight_decay": self.weight_decay}]
-        own = list(self.balancer.parameters())
-        if own:
-            groups.append({"params": own, "weight_decay": 0.0})
-        if self.optimizer_name == "adam":
-            return torch.optim.Adam(groups, lr=self.lr)
-        if self.optimizer_name == "adamw":
-            return torch.optim.AdamW(groups, lr=self.lr)
-        return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum)
+        return make_optimizer(self.optimizer_name, list(self.model.parameters()), list(self.balancer.parameters()),
+                              self.lr, self.weight_decay, self.momentum)
 
     # ------------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: Any, batch_idx: int) -> None:

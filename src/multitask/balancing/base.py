@@ -166,3 +166,15 @@ class JacobianBalancer(GradientBalancer):
     def aggregate_sums(self, total: Tensor, absolute: Tensor, index: np.ndarray) -> Tensor:
         """The direction from the column sums of J and of |J| (only where `column_sums_suffice`)."""
         raise NotImplementedError
+
+
+def importances(tasks: Sequence[Task], given: Mapping[str, float] | None, what: str) -> dict[str, float]:
+    """Each task's `importance`, replaced by ``given[task]`` where given (weights, a preference); a KeyError
+    names the unknown tasks in `what`."""
+    chosen = {t.name: t.importance for t in tasks}
+    if given is not None:
+        unknown = [k for k in given if k not in chosen]
+        if unknown:
+            raise KeyError(f"{what} name unknown task(s) {unknown}; tasks are {list(chosen)}")
+        chosen.update({k: float(v) for k, v in given.items()})
+    return chosen

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.optimize import linprog
 
-from multitask.balancing.base import GramianBalancer
+from multitask.balancing.base import GramianBalancer, importances
 from multitask.tasks import Task
 
 TINY = 1e-12
@@ -105,12 +105,7 @@ class EPO(GramianBalancer):
     def __init__(self, tasks: Sequence[Task], preference: Mapping[str, float] | None = None, eps: float = 1e-3,
                  mode: str = "parameters", every: int = 1) -> None:
         super().__init__(tasks, mode, every)
-        chosen = {t.name: t.importance for t in tasks}
-        if preference is not None:
-            unknown = [k for k in preference if k not in chosen]
-            if unknown:
-                raise KeyError(f"epo: preference names unknown task(s) {unknown}; tasks are {list(chosen)}")
-            chosen.update({k: float(v) for k, v in preference.items()})
+        chosen = importances(tasks, preference, "epo: the preference")
         bad = [k for k, v in chosen.items() if not v > 0]
         if bad:
             raise ValueError(f"epo: every preference must be > 0 (EPO divides by it); not so for {bad}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from multitask.balancing.base import WeightedSum
+from multitask.balancing.base import WeightedSum, importances
 from multitask.tasks import Task
 
 
@@ -13,12 +13,7 @@ class Static(WeightedSum):
     name = "static"
 
     def __init__(self, tasks: Sequence[Task], weights: Mapping[str, float] | None = None) -> None:
-        chosen = {t.name: t.importance for t in tasks}
-        if weights is not None:
-            unknown = [k for k in weights if k not in chosen]
-            if unknown:
-                raise KeyError(f"static weights name unknown task(s) {unknown}; tasks are {list(chosen)}")
-            chosen.update({k: float(v) for k, v in weights.items()})
+        chosen = importances(tasks, weights, "static weights")
         negative = [k for k, v in chosen.items() if not v >= 0]
         if negative:
             raise ValueError(f"static weights must be >= 0; negative or NaN for {negative}")

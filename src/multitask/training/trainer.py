@@ -206,14 +206,7 @@ class Trainer:
         """The model's parameters with the configured weight decay; a balancer's own parameters (learned
         log-variances, loss scales, GradNorm weights) in a group without decay, which would bias them."""
         c = self.config
-        groups = [{"params": params, "weight_decay": c.weight_decay}]
-        if balancer_params:
-            groups.append({"params": balancer_params, "weight_decay": 0.0})
-        if c.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=c.lr)
-        if c.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=c.lr)
-        return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum)
+        return make_optimizer(c.optimizer, params, balancer_params, c.lr, c.weight_decay, c.momentum)
 
     def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
         c = self.config
@@ -835,6 +828,20 @@ class Trainer:
                 f.write(to_json(record) + "\n")
         if self.config.progress:
             tqdm.write(format_epoch(record))
+
+
+def make_optimizer(name: str, params: list[torch.nn.Parameter], balancer_params: list[torch.nn.Parameter],
+                   lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD over the model's parameters (with `weight_decay`) and a balancer's own parameters
+    (in a group without decay, which would bias learned log-variances or loss scales)."""
+    groups = [{"params": params, "weight_decay": weight_decay}]
+    if balancer_params:
+        groups.append({"params": balancer_params, "weight_decay": 0.0})
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
