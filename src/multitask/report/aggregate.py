@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from multitask.diagnostics import records_to_data
+
 
 @dataclass
 class GradientSummary:
@@ -39,71 +41,35 @@ class AffinitySummary:
     series: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
 
-def _union(records: Sequence[dict[str, Any]]) -> list[str]:
-    tasks: list[str] = []
-    for r in records:
-        for t in r.get("tasks", []):
-            if t not in tasks:
-                tasks.append(t)
-    return tasks
-
-
-def _spread(records: Sequence[dict[str, Any]], key: str, tasks: list[str]) -> np.ndarray:
-    """A [records, T, T] array of each record's matrix `key` placed on the union of tasks (NaN where absent)."""
-    index = {t: i for i, t in enumerate(tasks)}
-    out = np.full((len(records), len(tasks), len(tasks)), np.nan)
-    for k, r in enumerate(records):
-        m = np.array(r.get(key, []), dtype=float)
-        pos = [index[t] for t in r.get("tasks", [])]
-        if m.shape == (len(pos), len(pos)):
-            out[k][np.ix_(pos, pos)] = m
-    return out
-
-
-def _nanmean(a: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Mean over `axis` ignoring NaN, NaN where every value is NaN (without a warning)."""
-    n = np.sum(~np.isnan(a), axis=axis)
-    s = np.nansum(a, axis=axis)
-    return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+def _by_step(records: Sequence[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return sorted((r for r in records if r.get("kind") == kind), key=lambda r: r.get("step", 0))
 
 
 def gradient_summary(records: Sequence[dict[str, Any]]) -> GradientSummary | None:
-    """The "gradients" records summarised (None when there are none)."""
-    records = sorted((r for r in records if r.get("kind") == "gradients"), key=lambda r: r.get("step", 0))
+    """The "gradients" records summarised (None when there are none); the arrays are those of
+    `multitask.diagnostics.Diagnostics` over the tasks these records name."""
+    records = _by_step(records, "gradients")
     if not records:
         return None
-    tasks = _union(records)
-    cos = _spread(records, "cosine", tasks)
-    have = ~np.isnan(cos)
-    count = have.sum(axis=0)
-    conflict = np.where(count > 0, np.sum(np.where(have, cos < 0, False), axis=0) / np.maximum(count, 1), np.nan)
-    steps = np.array([r.get("step", k) for k, r in enumerate(records)], dtype=float)
+    d = records_to_data(records)
+    tasks, cos = d.tasks, d.cosine
     pairs = {(a, b): cos[:, i, j] for i, a in enumerate(tasks) for j, b in enumerate(tasks) if i < j}
-    index = {t: i for i, t in enumerate(tasks)}
-    norms = np.full((len(records), len(tasks)), np.nan)
-    weights = np.full((len(records), len(tasks)), np.nan)
-    for k, r in enumerate(records):
-        for t, v in zip(r.get("tasks", []), r.get("norms", [])):
-            norms[k, index[t]] = np.nan if v is None else float(v)
-        for t, v in (r.get("weights") or {}).items():
-            if t in index:
-                weights[k, index[t]] = np.nan if v is None else float(v)
-    ratio = norms / _nanmean(norms, axis=1)[:, None]  # each task's norm against the step's mean norm
-    return GradientSummary(tasks, _nanmean(cos), conflict, count, steps, pairs,
-                           {t: ratio[:, i] for i, t in enumerate(tasks)},
-                           {t: weights[:, i] for i, t in enumerate(tasks) if not np.isnan(weights[:, i]).all()})
+    ratio = d.norm_ratios()  # each task's norm against the step's mean norm
+    return GradientSummary(tasks, d.mean_cosine(), d.conflict_frequency(), (~np.isnan(cos)).sum(axis=0),
+                           d.steps.astype(float), pairs, {t: ratio[:, i] for i, t in enumerate(tasks)},
+                           {t: d.weights[:, i] for i, t in enumerate(tasks) if not np.isnan(d.weights[:, i]).all()})
 
 
 def affinity_summary(records: Sequence[dict[str, Any]]) -> AffinitySummary | None:
     """The "affinity" records summarised (None when there are none)."""
-    records = sorted((r for r in records if r.get("kind") == "affinity"), key=lambda r: r.get("step", 0))
+    records = _by_step(records, "affinity")
     if not records:
         return None
-    tasks = _union(records)
-    z = _spread(records, "affinity", tasks)
-    steps = np.array([r.get("step", k) for k, r in enumerate(records)], dtype=float)
+    d = records_to_data(records)
+    tasks, z = d.tasks, d.affinity
     series = {(a, b): z[:, i, j] for i, a in enumerate(tasks) for j, b in enumerate(tasks) if i != j}
-    return AffinitySummary(tasks, _nanmean(z), (~np.isnan(z)).sum(axis=0), steps, series)
+    return AffinitySummary(tasks, d.mean_affinity(), (~np.isnan(z)).sum(axis=0), d.affinity_steps.astype(float),
+                           series)
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
