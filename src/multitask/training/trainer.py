@@ -454,10 +454,9 @@ class Trainer:
 
         present = {t: True if t not in masks else bool(masks[t].any()) for t in tasks}
         present.update({t: term.present for t, term in extra.items()})  # a distilled task has a loss
-        rows = n_rows(inputs)
-        labelled = {t: rows if masks.get(t) is None else int(masks[t].sum()) for t in tasks}
+        counts = None  # (rows, labelled rows per task), for the accumulator: counted only where needed
         if self.dist is not None:  # global counts; each rank's loss becomes its share of the global mean loss
-            loss_of, present, rows, labelled = self._shares(inputs, targets, masks, loss_of)
+            loss_of, present, counts = self._shares(inputs, targets, masks, loss_of)
         self._present = present
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
@@ -481,7 +480,7 @@ class Trainer:
         if self.convergence is not None:
             self.convergence.drop_grads()  # a stopped task's head stays as it was kept
         if self.accumulator is not None:  # only the parts that reached their sample count keep a .grad
-            self.accumulator.add(rows, labelled)
+            self.accumulator.add(*(counts or self._labelled_rows(inputs, masks)))
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         if self.scaler is not None:
@@ -498,17 +497,22 @@ class Trainer:
             self.dist.broadcast_module(self.model, buffers_only=True)
         return losses
 
+    def _labelled_rows(self, inputs: Any, masks: Mapping[str, Tensor]) -> tuple[int, dict[str, int]]:
+        """(rows of the batch, per task its rows with a label): what the accumulator counts."""
+        rows = n_rows(inputs)
+        return rows, {t: rows if masks.get(t) is None else int(masks[t].sum()) for t in self.tasks}
+
     def _shares(self, inputs: Any, targets: Mapping[str, Tensor], masks: Mapping[str, Tensor],
-                loss_of: Callable[[str, Tensor], Tensor]) -> tuple[Callable, dict[str, bool], int, dict[str, int]]:
+                loss_of: Callable[[str, Tensor], Tensor]
+                ) -> tuple[Callable, dict[str, bool], tuple[int, dict[str, int]]]:
         """Under torch.distributed: one all-reduce of this shard's rows and labelled entries per task gives the
         global batch's; this rank's loss for task t is then n_t / N_t times its mean over its n_t labelled
         entries (exactly 0, with a graph, when it has none), so the global mean loss is the sum over ranks.
-        Returns (loss_of, global presence, global rows, global labelled counts for the accumulator)."""
+        Returns (loss_of, global presence, (global rows, global labelled rows per task) for the accumulator)."""
         tasks = list(self.tasks)
-        rows = n_rows(inputs)
+        rows, labelled = self._labelled_rows(inputs, masks)
         entries = [float(targets[t].numel() if masks.get(t) is None else masks[t].sum()) for t in tasks]
-        counts = [float(rows if masks.get(t) is None else masks[t].sum()) for t in tasks]
-        total = self.dist.shares([rows] + entries + counts)
+        total = self.dist.shares([rows] + entries + [float(labelled[t]) for t in tasks])
         global_entries = dict(zip(tasks, total[1:1 + len(tasks)]))
         local = dict(zip(tasks, entries))
         self.dist.row_share = rows / total[0] if total[0] > 0 else 0.0
@@ -520,7 +524,7 @@ class Trainer:
             return loss_of(t, output) * (local[t] / global_entries[t])
 
         present = {t: global_entries[t] > 0 for t in tasks}
-        return share_of, present, int(total[0]), {t: int(v) for t, v in zip(tasks, total[1 + len(tasks):])}
+        return share_of, present, (int(total[0]), {t: int(v) for t, v in zip(tasks, total[1 + len(tasks):])})
 
     def _loss_terms(self, inputs: Any, masks: Mapping[str, Tensor]) -> dict[str, LossTerm]:
         """What this step adds to or puts in place of task losses: the distillation terms of the rows without
