@@ -29,6 +29,7 @@ from multitask.metrics import HIGHER_IS_BETTER
 from multitask.models.base import MultiTaskModel
 from multitask.tasks import Task
 from multitask.training.distillation import LossTerm, _frozen_copy, _run, distill_loss
+from multitask.training.early_stopping import improves
 
 PROTECT = ("none", "distill")
 
@@ -64,11 +65,7 @@ class TaskConvergence:
         return len(self.stopped) == len(self.tasks)
 
     def _improved(self, t: str, value: float) -> bool:
-        if math.isnan(value):
-            return False
-        if math.isnan(self.best[t]):
-            return True
-        return value > self.best[t] if HIGHER_IS_BETTER[self.metric[t]] else value < self.best[t]
+        return improves(value, self.best[t], HIGHER_IS_BETTER[self.metric[t]])
 
     @torch.no_grad()
     def update(self, epoch: int, metrics: Mapping[str, Mapping[str, float]]) -> list[str]:

@@ -5,6 +5,15 @@ import math
 from dataclasses import dataclass
 
 
+def improves(value: float, best: float, higher_is_better: bool, min_delta: float = 0.0) -> bool:
+    """Whether `value` beats `best` by more than `min_delta` (a NaN value never does; anything beats a NaN best)."""
+    if math.isnan(value):
+        return False
+    if math.isnan(best):
+        return True
+    return value > best + min_delta if higher_is_better else value < best - min_delta
+
+
 @dataclass
 class EarlyStopping:
     """Stop after `patience` epochs without improvement of the monitored value (None: never stop)."""
@@ -18,14 +27,7 @@ class EarlyStopping:
 
     def update(self, value: float, epoch: int) -> bool:
         """Record this epoch's value; True when it is the best so far."""
-        if math.isnan(value):
-            improved = False
-        elif math.isnan(self.best):
-            improved = True
-        elif self.higher_is_better:
-            improved = value > self.best + self.min_delta
-        else:
-            improved = value < self.best - self.min_delta
+        improved = improves(value, self.best, self.higher_is_better, self.min_delta)
         if improved:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:
