@@ -291,6 +291,13 @@ def test_config_errors_name_the_distill_field(tmp_path, no_work):
     raw["trainer"].update(per_task_patience=2, patience=2)
     with pytest.raises(ConfigError, match="exclude each other"):
         validate(raw)
+    for trainer, match in (({"protect": "keep"}, "trainer.protect"),
+                           ({"protect": "distill"}, "applies to tasks stopped by per_task_patience"),
+                           ({"per_task_patience": 0}, "trainer.per_task_patience")):
+        raw = _cli_config(tmp_path, kind="previous_self")
+        raw["trainer"].update(trainer)
+        with pytest.raises(ConfigError, match=match):
+            validate(raw)
 
 
 def test_a_teacher_run_with_other_tasks_or_inputs_is_a_config_error(tmp_path):
