@@ -55,6 +55,15 @@ TINY: dict[str, tuple[dict, dict]] = {
             {"conv_channels": (2, 3), "kernel_size": 3, "expert_hidden": (8,), "tower_hidden": (4,)}),
     "esmm": ({"hidden": (8, 6)}, {"conv_channels": (2, 3), "kernel_size": 3, "hidden": (8,)}),
     "aitm": ({"hidden": (8, 6), "head_hidden": (4,)}, {"conv_channels": (2, 3), "kernel_size": 3, "hidden": (8,)}),
+    "soft_order": ({"width": 6, "depth": 3, "head_hidden": (4,)},
+                   {"conv_channels": (2, 3), "kernel_size": 3, "depth": 2, "head_hidden": (4,)}),
+    "soft_order/one-layer": ({"width": 5, "depth": 1}, {"conv_channels": (2,), "kernel_size": 3, "depth": 1}),
+    "dselect_k": ({"n_experts": 3, "k": 2, "gamma": 4.0, "expert_hidden": (8,), "tower_hidden": (4,)},
+                  {"conv_channels": (2, 3), "kernel_size": 3, "n_experts": 4, "k": 2, "gamma": 4.0,
+                   "expert_hidden": (8,)}),
+    "dselect_k/entropy": ({"n_experts": 5, "k": 3, "gamma": 4.0, "entropy_reg": 0.1, "expert_hidden": (8,)},
+                          {"conv_channels": (2, 3), "kernel_size": 3, "n_experts": 2, "k": 1, "gamma": 4.0,
+                           "entropy_reg": 0.1, "expert_hidden": (8,)}),
 }
 # every family's builders take batch_norm (Linear-BatchNorm-ReLU layers): a variant of each with it on
 for _name in [n for n in list(TINY) if "/" not in n]:

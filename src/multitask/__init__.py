@@ -9,6 +9,7 @@ from multitask.metrics import delta_m
 from multitask.models import (AITM, Blocks, Branched, CGC, Cascade, ConvBlocks, CrossStitch, ESMM, HardSharing,
                               ImageSpec, Independent, InputSchema, MLPBlocks, MMoE, MTAN, Modulation,
                               MultiTaskModel, PLE, ParameterDistance, Sluice, TaskConditioned, TaskNorm)
+from multitask.models import DSelectK, SoftOrder
 from multitask.tasks import Task
 from multitask.training import Trainer, TrainerConfig
 
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = ["Task", "MultiTaskData", "DatasetBundle", "load_census_income", "load_yeast", "MultiTaskModel",
            "Independent", "HardSharing", "MMoE", "CGC", "PLE", "Branched", "CrossStitch", "Sluice",
            "ParameterDistance", "TaskConditioned", "MTAN", "Modulation", "TaskNorm", "Cascade", "ESMM", "AITM",
+           "SoftOrder", "DSelectK",
            "Blocks", "MLPBlocks", "ConvBlocks", "InputSchema", "ImageSpec", "Balancer", "Equal", "Static",
            "Uncertainty",
            "BALANCERS", "Trainer", "TrainerConfig", "delta_m"]

@@ -14,6 +14,7 @@ from multitask.models.branched import Branched
 from multitask.models.cascade import Cascade
 from multitask.models.conv import ConvFeatures, ConvTrunk, ImageSpec
 from multitask.models.cross_stitch import CrossStitch
+from multitask.models.dselect_k import DSelectK
 from multitask.models.esmm import ESMM
 from multitask.models.hard_sharing import HardSharing
 from multitask.models.independent import Independent
@@ -24,6 +25,7 @@ from multitask.models.mtan import MTAN
 from multitask.models.param_distance import ParameterDistance
 from multitask.models.ple import CGC, PLE
 from multitask.models.sluice import Sluice
+from multitask.models.soft_order import SoftOrder
 from multitask.models.task_conditioned import TaskConditioned
 from multitask.models.task_norm import TaskNorm
 
@@ -45,6 +47,8 @@ MODELS = {
     "cascade": Cascade,
     "esmm": ESMM,
     "aitm": AITM,
+    "soft_order": SoftOrder,
+    "dselect_k": DSelectK,
 }
 # input kind -> (the spec class, the name of the classmethod that builds a model from it)
 BUILDERS = {"table": (InputSchema, "tabular"), "image": (ImageSpec, "image")}
@@ -78,4 +82,5 @@ __all__ = [
     "TabularMLP", "ConvFeatures", "ConvTrunk", "mlp", "MODELS", "BUILDERS", "build_model", "builder",
     "input_kind", "Independent", "HardSharing", "MMoE", "CGC", "PLE", "Branched", "CrossStitch", "Sluice",
     "ParameterDistance", "TaskConditioned", "MTAN", "Modulation", "TaskNorm", "Cascade", "ESMM", "AITM",
+    "SoftOrder", "DSelectK",
 ]
