@@ -34,14 +34,17 @@ def check_count(option: str, value: int) -> None:
 
 
 class SameConv(nn.Module):
-    """A convolution that keeps the shape [N, C, H, W] ('same' padding, stride 1), then ReLU."""
+    """A convolution that keeps the shape [N, C, H, W] (stride 1, zero padding of (k - 1) // 2 before and the rest
+    after, as PyTorch's 'same'; an odd kernel pads inside the conv), then ReLU."""
 
     def __init__(self, channels: int, kernel_size: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size, padding="same")
+        before, after = (kernel_size - 1) // 2, kernel_size // 2
+        self.pad = (before, after, before, after) if before != after else None
+        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=before if self.pad is None else 0)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.conv(x))
+        return torch.relu(self.conv(x if self.pad is None else nn.functional.pad(x, self.pad)))
 
 
 class SoftOrder(MultiTaskModel):
