@@ -44,6 +44,9 @@ FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
     "aitm": {"hidden": [128, 64], "embedding_dim": 8},
 }
 FAMILY_OPTIONS = {name: {**SAME_CHOICES, **opts} for name, opts in FAMILY_OPTIONS.items()}
+# On images every family keeps its image builder's defaults (the LeNet-like layers of multitask.models.conv: conv
+# 5x5 x10 -> pool -> conv 5x5 x20 -> pool -> fc 50, heads fc 50), so the families differ only in how they share.
+IMAGE_FAMILY_OPTIONS: dict[str, dict[str, Any]] = {"branched": {"branches": "split-after-first"}}
 
 
 def two_groups(tasks: Sequence[str]) -> list:
@@ -59,7 +62,7 @@ def options_for(family: str, tasks: Sequence[str], extra: dict[str, dict[str, An
                 kind: str = "table") -> tuple[dict[str, Any], list[str]]:
     """(options, notes): FAMILY_OPTIONS[family] (updated by `extra[family]`), with task-dependent values filled
     in, minus any option the family's builder for `kind` inputs does not take (each one named in a note)."""
-    opts = dict(FAMILY_OPTIONS.get(family, {}))
+    opts = dict((FAMILY_OPTIONS if kind == "table" else IMAGE_FAMILY_OPTIONS).get(family, {}))
     opts.update((extra or {}).get(family, {}))
     if opts.get("branches") == "split-after-first":
         opts["branches"] = two_groups(tasks)

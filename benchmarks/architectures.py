@@ -1,5 +1,6 @@
-"""Architectures on census-income (income, marital, education): every family x balancer x seed, and torch-rechub's
-SharedBottom, MMoE and PLE trained beside them on the same rows, features and tasks (issue 10, benchmark 1).
+"""Architectures on census-income (income, marital, education) or Multi-Fashion (left, right): every family x
+balancer x seed; on census, torch-rechub's SharedBottom, MMoE and PLE trained beside them on the same rows,
+features and tasks (issue 10, benchmark 1).
 
 Per family and balancer: per-task test AUC (mean ± std over seeds), Δm against Independent + equal (all nine
 test metrics, as benchmarks/census.py), parameters, train seconds per epoch (median over epochs, then over
@@ -9,6 +10,11 @@ validation, the whole test file for test); the seed changes initialisation and b
 
     python benchmarks/architectures.py [--families ...] [--balancers equal uncertainty mgda] [--seeds 0 1 2]
         [--epochs 10] [--limit N] [--threads N] [--out docs/benchmarks]
+    python benchmarks/architectures.py --data multi-fashion --train-size 10000 --epochs 4 --name architectures_multi_fashion
+
+On Multi-Fashion the families are built with their image builders' defaults (the LeNet-like conv layers of
+`multitask.models.conv`; FAMILY_OPTIONS are for tables), the metric is accuracy (Δm over accuracy and macro-F1),
+funnel families are skipped (their tasks must be binary steps) and torch-rechub (a tabular library) is not run.
 
 torch-rechub is not a dependency of multitask: the part beside it runs when `import torch_rechub` works, i.e.
 with the interpreter of the environment benchmarks/rechub_env.sh builds:
@@ -46,6 +52,14 @@ from multitask.training import Trainer  # noqa: E402
 
 TASKS = ["income", "marital", "education"]
 BATCH, LR = 512, 1e-3
+# What changes with --data: tasks, the headline metric, the input kind (table or image builders), batch size.
+DATASETS = {
+    "census": {"config": "census-income", "title": "census-income", "tasks": TASKS, "metric": "auc",
+               "kind": "table", "batch": 512},
+    "multi-fashion": {"config": "multi-fashion", "title": "Multi-Fashion", "tasks": ["left", "right"],
+                      "metric": "accuracy", "kind": "image", "batch": 256},
+}
+DATA = DATASETS["census"]  # set by main() from --data
 INFER_ROWS = 10_000
 # equal and uncertainty weight the losses; MGDA (Sener & Koltun 2018) is the canonical gradient method. It runs
 # in parameters mode, the one mode every family supports (features mode is refused for families without a
@@ -76,19 +90,48 @@ RECHUB_LIKE = {"embedding_dim": RECHUB_EMBED_DIM, "embedding_width": "same", "em
 
 
 # ------------------------------------------------------------------------------------------------ ours
+METRIC_NAMES = {"auc": "AUC", "accuracy": "accuracy"}
+
+
+def use_data(name: str) -> None:
+    """Point the module at one data set of DATASETS (its tasks, metric, input kind, batch size)."""
+    global DATA, TASKS
+    DATA = DATASETS[name]
+    TASKS = list(DATA["tasks"])
+
+
+def load_data(args):
+    """The chosen data set's bundle (split seed 0): census cut by --limit rows per file, Multi-Fashion's training
+    composites cut to the first --train-size."""
+    if DATA["kind"] == "table":
+        return load_census_income(limit=args.limit, seed=0, tasks=TASKS)
+    from multitask.data.multi_fashion import load_multi_fashion
+
+    bundle = load_multi_fashion(seed=0)
+    if args.train_size:
+        bundle.train = bundle.train.subset(torch.arange(min(args.train_size, len(bundle.train))))
+    if args.limit:  # trial runs: a few rows of every split
+        bundle.train, bundle.val, bundle.test = (d.subset(torch.arange(min(args.limit, len(d))))
+                                                 for d in (bundle.train, bundle.val, bundle.test))
+    return bundle
+
+
 def make_config(family: str, options: dict, balancer: str, seed: int, epochs: int, patience: int):
     gradient = issubclass(BALANCERS[balancer], GradientBalancer)
     return cfgmod.validate({
-        "data": {"name": "census-income"},
+        "data": {"name": DATA["config"]},
         "tasks": {t: {} for t in TASKS},
         "model": {"name": family, **options},
         "balancer": {"name": balancer, **({"mode": GRADIENT_MODE} if gradient else {})},
-        "trainer": {"epochs": epochs, "batch_size": BATCH, "lr": LR, "patience": patience, "seed": seed,
+        "trainer": {"epochs": epochs, "batch_size": DATA["batch"], "lr": LR, "patience": patience, "seed": seed,
                     "progress": False},
     })
 
 
-def run_ours(bundle, family: str, label: str, options: dict, balancer: str, seed: int, args, x10k) -> dict:
+def run_ours(bundle, family: str, label: str, options: dict, balancer: str, seed: int, args, x10k,
+             latency: bool = True) -> dict:
+    """One training of our `family` and its test metrics; inference latency when `latency` (it depends on the
+    architecture only, so main() measures it once per family and balancer, on the first seed)."""
     cfg = make_config(family, options, balancer, seed, args.epochs, args.patience)
     net = build_model(cfg, bundle.tasks, bundle.preprocessor.schema)
     trainer = Trainer(net, bundle.tasks, build_balancer(cfg, bundle.tasks), trainer_config(cfg))
@@ -102,13 +145,13 @@ def run_ours(bundle, family: str, label: str, options: dict, balancer: str, seed
         "mode": GRADIENT_MODE if issubclass(BALANCERS[balancer], GradientBalancer) else "-", "seed": seed,
         "test": test, "fit_seconds": seconds, "epoch_seconds": per_epoch, "s_per_epoch": statistics.median(per_epoch),
         "epochs": len(history), "best_epoch": trainer.early.best_epoch, "parameters": count_parameters(net),
-        "infer_ms_one": model_latency_ms(net, x10k, TASKS[:1], args.repeats),
-        "infer_ms_all": model_latency_ms(net, x10k, TASKS, args.repeats),
+        "infer_ms_one": model_latency_ms(net, x10k, TASKS[:1], args.repeats) if latency else None,
+        "infer_ms_all": model_latency_ms(net, x10k, TASKS, args.repeats) if latency else None,
     }
 
 
 def check_family(family: str, options: dict, args) -> str | None:
-    """Why `family` cannot run on census-income with `options` (None when it can)."""
+    """Why `family` cannot run on the chosen data with `options` (None when it can)."""
     try:
         make_config(family, options, "equal", 0, 1, args.patience)
     except (cfgmod.ConfigError, ValueError, TypeError) as e:
@@ -255,10 +298,10 @@ def med(values) -> float:
 
 def report(args, bundle, runs, baseline, skipped, failures, notes, rechub: dict) -> str:
     lines = [
-        f"census-income, tasks {', '.join(TASKS)}: {len(bundle.train):,} train / {len(bundle.val):,} validation / "
+        f"{DATA['title']}, tasks {', '.join(TASKS)}: {len(bundle.train):,} train / {len(bundle.val):,} validation / "
         f"{len(bundle.test):,} test rows (split seed 0{'; --limit ' + str(args.limit) if args.limit else ''}); "
         f"seeds {args.seeds}; Adam lr {LR:g}, "
-        f"batch {BATCH}, up to {args.epochs} epochs, early stopping on validation loss (patience {args.patience}), "
+        f"batch {DATA['batch']}, up to {args.epochs} epochs, early stopping on validation loss (patience {args.patience}), "
         "best epoch restored; gradient balancers in mode parameters",
         machine_line() + (f", torch-rechub {rechub['version']}" if rechub.get("version") else ""),
         "",
@@ -269,7 +312,8 @@ def report(args, bundle, runs, baseline, skipped, failures, notes, rechub: dict)
         f"Inference: ms per {INFER_ROWS:,} test rows, eval mode, no grad, median of {args.repeats} calls, for "
         f"`tasks=[{TASKS[0]}]` and for all {len(TASKS)} tasks.",
         "",
-        "| family | balancer | seeds | " + " | ".join(f"{t} AUC" for t in TASKS) + " | Δm % | parameters | s/epoch "
+        "| family | balancer | seeds | " + " | ".join(f"{t} {METRIC_NAMES[DATA['metric']]}" for t in TASKS)
+        + " | Δm % | parameters | s/epoch "
         "| epochs | infer ms, 1 task | infer ms, all |",
         "|---|---|---:|" + "---:|" * (len(TASKS) + 6),
     ]
@@ -279,18 +323,20 @@ def report(args, bundle, runs, baseline, skipped, failures, notes, rechub: dict)
         dms = [delta_m(r["test"], baseline) for r in group]
         lines.append(
             f"| {label} | {balancer} | {len(group)} | "
-            + " | ".join(fmt([r["test"][t]["auc"] for r in group]) for t in TASKS)
+            + " | ".join(fmt([r["test"][t][DATA["metric"]] for r in group]) for t in TASKS)
             + f" | {fmt(dms, 2)} | {group[0]['parameters']:,} | {med(r['s_per_epoch'] for r in group):.2f} | "
             f"{statistics.mean(r['epochs'] for r in group):.1f} | {med(r['infer_ms_one'] for r in group):.1f} | "
             f"{med(r['infer_ms_all'] for r in group):.1f} |")
     if skipped:
-        lines += ["", "Skipped (cannot run on census-income as configured here):"]
+        lines += ["", f"Skipped (cannot run on {DATA['title']} as configured here):"]
         lines += [f"- `{f}`: {why}" for f, why in skipped.items()]
     if failures:
         lines += ["", "Failed runs (the error, not a result):"]
         lines += [f"- {what}: {why}" for what, why in failures]
     lines += ["", "## Beside torch-rechub", ""]
-    if not rechub.get("version"):
+    if DATA["kind"] == "image":
+        lines.append("Not run: torch-rechub is a library for tabular recommendation data; its models take no images.")
+    elif not rechub.get("version"):
         lines.append(f"Not run: {rechub.get('why', 'torch_rechub is not importable by this interpreter')} "
                      "(build its environment with benchmarks/rechub_env.sh and run this script with its python).")
     else:
@@ -370,6 +416,9 @@ def report(args, bundle, runs, baseline, skipped, failures, notes, rechub: dict)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", choices=list(DATASETS), default="census")
+    ap.add_argument("--train-size", type=int, default=10000,
+                    help="multi-fashion: the first N of the 54,000 training composites (0 = all); val/test are whole")
     ap.add_argument("--families", nargs="+", default=None, help="default: every name in MODELS at run time")
     ap.add_argument("--balancers", nargs="+", default=DEFAULT_BALANCERS, choices=list(BALANCERS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -392,6 +441,7 @@ def main() -> None:
                     help="write one report from the .json files of runs made in parallel (e.g. one process per "
                          "group of families, --rechub off in all but one); trains nothing")
     args = ap.parse_args()
+    use_data(args.data)
     if args.merge:
         return merge(args)
     if args.threads:
@@ -404,7 +454,7 @@ def main() -> None:
     plan: dict[str, dict] = {}
     for family in runs_of:
         try:
-            opts, dropped = options_for(family, TASKS, args.options)
+            opts, dropped = options_for(family, TASKS, args.options, kind=DATA["kind"])
         except ValueError as e:
             skipped[family] = str(e)
             continue
@@ -417,7 +467,7 @@ def main() -> None:
             plan[family] = opts
     if "independent" not in plan:
         raise SystemExit(f"the Independent baseline cannot run: {skipped.get('independent')}")
-    bundle = load_census_income(limit=args.limit, seed=0, tasks=TASKS)
+    bundle = load_data(args)
     x10k = batch_of(bundle.test.inputs, INFER_ROWS)
     runs: list[dict] = []
     failures: list[tuple[str, str]] = []
@@ -431,7 +481,7 @@ def main() -> None:
             return
         runs.append(r)
         print(f"seed {r['seed']} {r['label']:<26} {r['balancer']:<18} "
-              + " ".join(f"{t} {r['test'][t]['auc']:.4f}" for t in TASKS)
+              + " ".join(f"{t} {r['test'][t][DATA['metric']]:.4f}" for t in TASKS)
               + f"  {r['s_per_epoch']:.2f} s/epoch x {r['epochs']}", flush=True)
 
     for seed in args.seeds:
@@ -439,11 +489,14 @@ def main() -> None:
             chosen_here = family in chosen
             for balancer in (args.balancers if chosen_here else ["equal"]):
                 attempt(f"{family} / {balancer} / seed {seed}",
-                        lambda: run_ours(bundle, family, family, opts, balancer, seed, args, x10k))
+                        lambda: run_ours(bundle, family, family, opts, balancer, seed, args, x10k,
+                                         latency=seed == args.seeds[0]))
 
     rechub: dict[str, Any] = {}
-    version = rechub_version() if args.rechub == "auto" else None
-    if args.rechub == "off":
+    version = rechub_version() if args.rechub == "auto" and DATA["kind"] == "table" else None
+    if DATA["kind"] == "image":
+        rechub["why"] = "torch-rechub takes no images"
+    elif args.rechub == "off":
         rechub["why"] = "--rechub off"
     elif version is None:
         rechub["why"] = "`import torch_rechub` fails with this interpreter"
@@ -484,7 +537,8 @@ def main() -> None:
         raise SystemExit("no Independent + equal run finished: no Δm baseline")
     baseline = mean_metrics(base_runs)
     notes += [
-        "Inference latency is for a batch of 10,000 test rows (the first ones, repeated when --limit leaves fewer) "
+        "Inference latency is measured on the first seed's models only (it depends on the architecture, not on "
+        "the seed), for a batch of 10,000 test rows (the first ones, repeated when --limit leaves fewer) "
         "on weights after training; a family that cannot skip work (`skips_work = False`) computes every "
         "task's path even for `tasks=[income]`.",
         "Gradient method: MGDA (Sener & Koltun 2018) in parameters mode. It is the canonical gradient method, and "
@@ -503,7 +557,8 @@ def main() -> None:
     write(args, {"command": sys.argv, "runs": runs, "baseline_mean": baseline, "skipped": skipped,
                  "failures": failures, "rechub": rechub, "notes": notes, "rows": rows,
                  "features": [len(bundle.preprocessor.numeric), len(bundle.preprocessor.categorical)],
-                 "settings": {"seeds": args.seeds, "epochs": args.epochs, "patience": args.patience,
+                 "settings": {"data": args.data, "train_size": args.train_size if args.data != "census" else None,
+                              "seeds": args.seeds, "epochs": args.epochs, "patience": args.patience,
                               "limit": args.limit, "repeats": args.repeats, "threads": args.threads}})
 
 
@@ -519,6 +574,7 @@ def merge(args) -> None:
     settings = {**parts[0]["settings"], "seeds": sorted({s for p in parts for s in p["settings"]["seeds"]})}
     for k, v in settings.items():
         setattr(args, k, v)
+    use_data(settings.get("data", "census"))
     if args.threads:  # the machine line reports the threads the parts ran with
         torch.set_num_threads(args.threads)
     runs, seen = [], set()
@@ -544,10 +600,10 @@ def write(args, result: dict) -> None:
     from types import SimpleNamespace
 
     n_train, n_val, n_test = result["rows"]
-    if "features" not in result:  # (a part written before the counts were saved) read them off a few rows
+    if "features" not in result and DATA["kind"] == "table":  # (a part written before the counts were saved)
         pre = load_census_income(limit=200, seed=0, tasks=TASKS).preprocessor
         result["features"] = [len(pre.numeric), len(pre.categorical)]
-    n_num, n_cat = result["features"]
+    n_num, n_cat = result.get("features", (0, 0))
     bundle = SimpleNamespace(train=range(n_train), val=range(n_val), test=range(n_test),
                              preprocessor=SimpleNamespace(numeric=range(n_num), categorical=range(n_cat)))
     text = report(args, bundle, result["runs"], result["baseline_mean"], result["skipped"], result["failures"],
@@ -559,7 +615,7 @@ def write(args, result: dict) -> None:
         (out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
         md = out / f"{args.name}.md"
         exe = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else "python"
-        head = (f"# Architectures on census-income ({args.name})\n\nCommand: `{exe} "
+        head = (f"# Architectures on {DATA['title']} ({args.name})\n\nCommand: `{exe} "
                 f"benchmarks/architectures.py" + "".join(f" {a}" for a in sys.argv[1:]) + "`\n\n")
         md.write_text(head + text + "\n" + kept_notes(md))
 
