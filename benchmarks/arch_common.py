@@ -40,6 +40,10 @@ FAMILY_OPTIONS: dict[str, dict[str, Any]] = {
     "modulation": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
     "task_norm": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
     "cascade": {"hidden": [128, 64], "head_hidden": [32], "embedding_dim": 8},
+    # 8 experts of 64 as MMoE, each task's gate selecting k = 2 of them
+    "dselect_k": {"n_experts": 8, "k": 2, "expert_hidden": [64], "tower_hidden": [32], "embedding_dim": 8},
+    # three shared layers of 64 (the stem projects to 64), each task mixing them in its own order
+    "soft_order": {"width": 64, "depth": 3, "head_hidden": [32], "embedding_dim": 8},
     "esmm": {"hidden": [128, 64], "embedding_dim": 8},
     "aitm": {"hidden": [128, 64], "embedding_dim": 8},
 }

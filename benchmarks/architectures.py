@@ -10,7 +10,8 @@ validation, the whole test file for test); the seed changes initialisation and b
 
     python benchmarks/architectures.py [--families ...] [--balancers equal uncertainty mgda] [--seeds 0 1 2]
         [--epochs 10] [--limit N] [--threads N] [--out docs/benchmarks]
-    python benchmarks/architectures.py --data multi-fashion --train-size 10000 --epochs 4 --name architectures_multi_fashion
+    python benchmarks/architectures.py --data multi-fashion --train-size 5000 --val-size 2000 --epochs 3 --patience 2 \
+        --repeats 3 --name architectures_multi_fashion
 
 On Multi-Fashion the families are built with their image builders' defaults (the LeNet-like conv layers of
 `multitask.models.conv`; FAMILY_OPTIONS are for tables), the metric is accuracy (Δm over accuracy and macro-F1),
@@ -102,7 +103,7 @@ def use_data(name: str) -> None:
 
 def load_data(args):
     """The chosen data set's bundle (split seed 0): census cut by --limit rows per file, Multi-Fashion's training
-    composites cut to the first --train-size."""
+    composites cut to the first --train-size (validation to --val-size; the test split stays whole)."""
     if DATA["kind"] == "table":
         return load_census_income(limit=args.limit, seed=0, tasks=TASKS)
     from multitask.data.multi_fashion import load_multi_fashion
@@ -110,6 +111,8 @@ def load_data(args):
     bundle = load_multi_fashion(seed=0)
     if args.train_size:
         bundle.train = bundle.train.subset(torch.arange(min(args.train_size, len(bundle.train))))
+    if args.val_size:
+        bundle.val = bundle.val.subset(torch.arange(min(args.val_size, len(bundle.val))))
     if args.limit:  # trial runs: a few rows of every split
         bundle.train, bundle.val, bundle.test = (d.subset(torch.arange(min(args.limit, len(d))))
                                                  for d in (bundle.train, bundle.val, bundle.test))
@@ -131,7 +134,7 @@ def make_config(family: str, options: dict, balancer: str, seed: int, epochs: in
 def run_ours(bundle, family: str, label: str, options: dict, balancer: str, seed: int, args, x10k,
              latency: bool = True) -> dict:
     """One training of our `family` and its test metrics; inference latency when `latency` (it depends on the
-    architecture only, so main() measures it once per family and balancer, on the first seed)."""
+    architecture only, so main() measures it once per family: first seed, first balancer)."""
     cfg = make_config(family, options, balancer, seed, args.epochs, args.patience)
     net = build_model(cfg, bundle.tasks, bundle.preprocessor.schema)
     trainer = Trainer(net, bundle.tasks, build_balancer(cfg, bundle.tasks), trainer_config(cfg))
@@ -317,16 +320,21 @@ def report(args, bundle, runs, baseline, skipped, failures, notes, rechub: dict)
         "| epochs | infer ms, 1 task | infer ms, all |",
         "|---|---|---:|" + "---:|" * (len(TASKS) + 6),
     ]
+    latency = {}  # (library, label) -> the runs that measured inference latency (once per family)
+    for r in runs:
+        if r.get("infer_ms_all") is not None:
+            latency.setdefault((r["library"], r["label"]), []).append(r)
     for (lib, label, balancer), group in groups(runs).items():
         if lib != "multitask" or label.endswith("@rechub-sizes"):
             continue
+        timed = latency.get((lib, label), group)
         dms = [delta_m(r["test"], baseline) for r in group]
         lines.append(
             f"| {label} | {balancer} | {len(group)} | "
             + " | ".join(fmt([r["test"][t][DATA["metric"]] for r in group]) for t in TASKS)
             + f" | {fmt(dms, 2)} | {group[0]['parameters']:,} | {med(r['s_per_epoch'] for r in group):.2f} | "
-            f"{statistics.mean(r['epochs'] for r in group):.1f} | {med(r['infer_ms_one'] for r in group):.1f} | "
-            f"{med(r['infer_ms_all'] for r in group):.1f} |")
+            f"{statistics.mean(r['epochs'] for r in group):.1f} | {med(r['infer_ms_one'] for r in timed):.1f} | "
+            f"{med(r['infer_ms_all'] for r in timed):.1f} |")
     if skipped:
         lines += ["", f"Skipped (cannot run on {DATA['title']} as configured here):"]
         lines += [f"- `{f}`: {why}" for f, why in skipped.items()]
@@ -419,6 +427,8 @@ def main() -> None:
     ap.add_argument("--data", choices=list(DATASETS), default="census")
     ap.add_argument("--train-size", type=int, default=10000,
                     help="multi-fashion: the first N of the 54,000 training composites (0 = all); val/test are whole")
+    ap.add_argument("--val-size", type=int, default=0,
+                    help="multi-fashion: the first N of the 6,000 validation composites (0 = all)")
     ap.add_argument("--families", nargs="+", default=None, help="default: every name in MODELS at run time")
     ap.add_argument("--balancers", nargs="+", default=DEFAULT_BALANCERS, choices=list(BALANCERS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -490,7 +500,7 @@ def main() -> None:
             for balancer in (args.balancers if chosen_here else ["equal"]):
                 attempt(f"{family} / {balancer} / seed {seed}",
                         lambda: run_ours(bundle, family, family, opts, balancer, seed, args, x10k,
-                                         latency=seed == args.seeds[0]))
+                                         latency=seed == args.seeds[0] and balancer == args.balancers[0]))
 
     rechub: dict[str, Any] = {}
     version = rechub_version() if args.rechub == "auto" and DATA["kind"] == "table" else None
@@ -537,8 +547,8 @@ def main() -> None:
         raise SystemExit("no Independent + equal run finished: no Δm baseline")
     baseline = mean_metrics(base_runs)
     notes += [
-        "Inference latency is measured on the first seed's models only (it depends on the architecture, not on "
-        "the seed), for a batch of 10,000 test rows (the first ones, repeated when --limit leaves fewer) "
+        "Inference latency is measured once per family, on the model of the first seed and balancer (it depends "
+        "on the architecture, not on the seed or the balancer), for a batch of 10,000 test rows (the first ones, repeated when --limit leaves fewer) "
         "on weights after training; a family that cannot skip work (`skips_work = False`) computes every "
         "task's path even for `tasks=[income]`.",
         "Gradient method: MGDA (Sener & Koltun 2018) in parameters mode. It is the canonical gradient method, and "
@@ -558,6 +568,7 @@ def main() -> None:
                  "failures": failures, "rechub": rechub, "notes": notes, "rows": rows,
                  "features": [len(bundle.preprocessor.numeric), len(bundle.preprocessor.categorical)],
                  "settings": {"data": args.data, "train_size": args.train_size if args.data != "census" else None,
+                              "val_size": args.val_size if args.data != "census" else None,
                               "seeds": args.seeds, "epochs": args.epochs, "patience": args.patience,
                               "limit": args.limit, "repeats": args.repeats, "threads": args.threads}})
 
