@@ -577,12 +577,13 @@ def merge(args) -> None:
     """One report from the JSON of runs made in parallel: runs concatenated, notes and skips joined, the
     torch-rechub section from the part that ran it."""
     parts = [json.loads(Path(p).read_text()) for p in args.merge]
-    def same(p: dict) -> dict:
-        return {k: v for k, v in p["settings"].items() if k != "seeds"}
+    def same(p: dict) -> dict:  # (parts written before --data existed are census parts)
+        settings = {"data": "census", "train_size": None, "val_size": None, **p["settings"]}
+        return {k: v for k, v in settings.items() if k != "seeds"}
 
     if any(same(p) != same(parts[0]) or p["rows"] != parts[0]["rows"] for p in parts):
         raise SystemExit("--merge: the parts were run with different settings or data; they cannot share a table")
-    settings = {**parts[0]["settings"], "seeds": sorted({s for p in parts for s in p["settings"]["seeds"]})}
+    settings = {**same(parts[0]), "seeds": sorted({s for p in parts for s in p["settings"]["seeds"]})}
     for k, v in settings.items():
         setattr(args, k, v)
     use_data(settings.get("data", "census"))
