@@ -481,6 +481,9 @@ def main() -> None:
     x10k = batch_of(bundle.test.inputs, INFER_ROWS)
     runs: list[dict] = []
     failures: list[tuple[str, str]] = []
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / f"{args.name}.runs.jsonl").unlink(missing_ok=True)
 
     def attempt(what: str, fn) -> None:
         try:
@@ -490,6 +493,9 @@ def main() -> None:
             print(f"FAILED {what}:\n{traceback.format_exc()}", flush=True)
             return
         runs.append(r)
+        if args.out:  # every finished run on disk at once: a crash later (e.g. in the report) loses no training
+            with open(Path(args.out) / f"{args.name}.runs.jsonl", "a") as f:
+                f.write(json.dumps(r) + "\n")
         print(f"seed {r['seed']} {r['label']:<26} {r['balancer']:<18} "
               + " ".join(f"{t} {r['test'][t][DATA['metric']]:.4f}" for t in TASKS)
               + f"  {r['s_per_epoch']:.2f} s/epoch x {r['epochs']}", flush=True)
@@ -566,7 +572,8 @@ def main() -> None:
     rows = [len(bundle.train), len(bundle.val), len(bundle.test)]
     write(args, {"command": sys.argv, "runs": runs, "baseline_mean": baseline, "skipped": skipped,
                  "failures": failures, "rechub": rechub, "notes": notes, "rows": rows,
-                 "features": [len(bundle.preprocessor.numeric), len(bundle.preprocessor.categorical)],
+                 "features": ([len(bundle.preprocessor.numeric), len(bundle.preprocessor.categorical)]
+                              if DATA["kind"] == "table" else [0, 0]),
                  "settings": {"data": args.data, "train_size": args.train_size if args.data != "census" else None,
                               "val_size": args.val_size if args.data != "census" else None,
                               "seeds": args.seeds, "epochs": args.epochs, "patience": args.patience,
