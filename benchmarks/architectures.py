@@ -445,6 +445,10 @@ def main() -> None:
     ap.add_argument("--no-rechub-sizes", action="store_true",
                     help="skip our families at torch-rechub's layer sizes")
     ap.add_argument("--rechub-weight-decay", type=float, default=0.0)
+    ap.add_argument("--remeasure-latency", metavar="JSON", default=None,
+                    help="re-measure the inference latency of every family of a finished run's JSON on freshly "
+                         "initialised models (latency does not depend on the weights) and rewrite its report; "
+                         "for a run whose timings were taken beside other jobs; trains nothing")
     ap.add_argument("--name", default="architectures", help="output file stem")
     ap.add_argument("--out", default=None, help="folder for <name>.md and <name>.json")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
@@ -454,6 +458,8 @@ def main() -> None:
     use_data(args.data)
     if args.merge:
         return merge(args)
+    if args.remeasure_latency:
+        return remeasure_latency(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     wall = time.perf_counter()
@@ -578,6 +584,42 @@ def main() -> None:
                               "val_size": args.val_size if args.data != "census" else None,
                               "seeds": args.seeds, "epochs": args.epochs, "patience": args.patience,
                               "limit": args.limit, "repeats": args.repeats, "threads": args.threads}})
+
+
+def remeasure_latency(args) -> None:
+    """Inference latency of every family in a finished run's JSON, measured again on untrained models with the same
+    options (eval mode, the same 10,000-row batch), written into every run of the family; the report is rewritten."""
+    result = json.loads(Path(args.remeasure_latency).read_text())
+    settings = result["settings"]
+    use_data(settings.get("data", "census"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_args = argparse.Namespace(limit=settings.get("limit"), train_size=settings.get("train_size"),
+                                   val_size=settings.get("val_size"))
+    bundle = load_data(data_args)
+    x10k = batch_of(bundle.test.inputs, INFER_ROWS)
+    measured: dict[str, tuple[float, float]] = {}
+    for r in result["runs"]:
+        if r["library"] != "multitask" or r["label"] in measured:
+            continue
+        cfg = make_config(r["family"], r["options"], "equal", 0, 1, 1)
+        net = build_model(cfg, bundle.tasks, bundle.preprocessor.schema)
+        measured[r["label"]] = (model_latency_ms(net, x10k, TASKS[:1], args.repeats),
+                                model_latency_ms(net, x10k, TASKS, args.repeats))
+        print(f"{r['label']:<28} {measured[r['label']][0]:8.1f} ms one task, {measured[r['label']][1]:8.1f} ms all",
+              flush=True)
+    for r in result["runs"]:
+        if r["label"] in measured:
+            r["infer_ms_one"], r["infer_ms_all"] = measured[r["label"]]
+    result["notes"] = [n for n in result["notes"] if not n.startswith("Inference latency is measured once")]
+    result["notes"].append(
+        f"Inference latency re-measured after training (`--remeasure-latency`, {machine_line()}, median of "
+        f"{args.repeats} calls) on freshly initialised models with each family's options, eval mode, no grad, "
+        f"for a batch of {INFER_ROWS:,} test rows: the values taken during training were measured beside other "
+        "jobs. Latency does not depend on the weights.")
+    args.seeds, args.epochs, args.patience = settings["seeds"], settings["epochs"], settings["patience"]
+    args.limit, args.data = settings.get("limit"), settings.get("data", "census")
+    write(args, result)
 
 
 def merge(args) -> None:
