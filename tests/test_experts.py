@@ -171,3 +171,18 @@ def test_a_one_row_training_batch_uses_the_running_statistics():
     x = {k: v[:1] for k, v in _inputs("table").items()}
     assert torch.allclose(model(x)["a"], mmoe_loop(ref, x, ["a"])["a"], atol=1e-6)
     assert all(torch.equal(a, b) for a, b in zip(model.buffers(), ref.buffers()))
+
+
+@pytest.mark.parametrize("family,options", [("mmoe", {}), ("cgc", {}), ("ple", {"n_levels": 3})])
+def test_tasks_in_blocks_give_the_same_outputs(family, options, monkeypatch):
+    """With a block budget of one byte every task is a block of its own (`task_blocks`): same outputs."""
+    from multitask.models import experts
+
+    model = _build(family, "table", **options).eval()
+    x = _inputs("table")
+    monkeypatch.setattr(experts, "BLOCK_BYTES", 1)
+    assert experts.task_blocks(["a", "b", "c"], 10) == [["a"], ["b"], ["c"]]
+    for tasks in (["a", "b", "c"], ["c", "a"]):
+        got, want = model(x, tasks=tasks), _loop(model, x, tasks)
+        assert list(got) == tasks
+        assert all(torch.allclose(got[t], want[t], atol=1e-6) for t in tasks)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.conv import ConvFeatures, ImageSpec
-from multitask.models.experts import gate_weights, mix, run_experts
+from multitask.models.experts import gate_weights, mix, run_experts, task_blocks
 from multitask.models.layers import EMBEDDING_STD, InputSchema, TabularEncoder, mlp, mlp_out_dim
 from multitask.tasks import Task
 
@@ -68,13 +68,14 @@ class MMoE(MultiTaskModel):
         return x, run_experts(self.experts, x)  # all experts as one matmul per layer
 
     def heads(self, representation: tuple[Tensor, Tensor], tasks: Sequence[str]) -> dict[str, Tensor]:
-        """The asked tasks' gates as one Linear and one softmax, their mixtures as one batched matmul; then
-        each task's tower."""
-        if not tasks:
-            return {}
+        """The asked tasks' gates as one Linear and one softmax, their mixtures as one batched matmul (a few
+        tasks at a time, see `task_blocks`); then each task's tower."""
         x, experts = representation
-        mixed = mix(gate_weights([self.gates[t] for t in tasks], x), experts)  # [N, k, d]
-        return {t: self.towers[t](mixed[:, i]) for i, t in enumerate(tasks)}
+        out = {}
+        for block in task_blocks(tasks, experts[:, 0].nelement() * experts.element_size()):
+            mixed = mix(gate_weights([self.gates[t] for t in block], x), experts)  # [N, k, d]
+            out.update({t: self.towers[t](mixed[:, i]) for i, t in enumerate(block)})
+        return out
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.encoder.parameters()

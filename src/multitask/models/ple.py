@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks, check_depth, column
 from multitask.models.conv import ImageSpec
-from multitask.models.experts import gate_weights, mix, mix_own_and_shared, run_experts
+from multitask.models.experts import gate_weights, mix, mix_own_and_shared, run_experts, task_blocks
 from multitask.models.layers import EMBEDDING_STD, InputSchema, check_widths, mlp
 from multitask.tasks import Task
 
@@ -178,8 +178,16 @@ class PLE(MultiTaskModel):
         return (xf if self.n_levels == 2 else gins), E, Es, S
 
     def heads(self, representation: tuple[Tensor, ...], tasks: Sequence[str]) -> dict[str, Tensor]:
-        if not tasks:
-            return {}
+        """The asked tasks a few at a time (`task_blocks`: a task's experts and mixture are n_task + 1
+        tensors the size of an expert's output)."""
+        S = representation[-1]
+        per_task = (len(self.levels[-1].task_experts[self.task_names[0]]) + 1) * S[:, 0].nelement() * S.element_size()
+        out: dict[str, Tensor] = {}
+        for block in task_blocks(tasks, per_task):
+            out.update(self._heads(representation, block))
+        return out
+
+    def _heads(self, representation: tuple[Tensor, ...], tasks: Sequence[str]) -> dict[str, Tensor]:
         last, k = self.levels[-1], len(tasks)
         own = [e for t in tasks for e in last.task_experts[t]]
         if self.n_levels == 1:
@@ -188,9 +196,12 @@ class PLE(MultiTaskModel):
             grouped = None
         else:
             G, E, Es, S = representation
-            if list(tasks) != self.task_names:  # (all tasks: no copy)
-                idx = [self.task_names.index(t) for t in tasks]
-                E = torch.stack([E[:, i] for i in idx], 1)  # copies the asked tasks' slices only
+            idx = [self.task_names.index(t) for t in tasks]
+            if idx == list(range(idx[0], idx[0] + k)):  # consecutive tasks: views, no copy
+                E = E[:, idx[0]:idx[0] + k]
+                G = G if self.n_levels == 2 else G[:, idx[0]:idx[0] + k]
+            else:  # copies of the asked tasks' slices only
+                E = torch.stack([E[:, i] for i in idx], 1)
                 G = G if self.n_levels == 2 else torch.stack([G[:, i] for i in idx], 1)
             w = gate_weights([self.levels[-2].task_gates[t] for t in tasks], G, grouped=self.n_levels > 2)
             h = g = mix_own_and_shared(w, E, Es)  # [N, k, d]: task i's last-level experts and gate read g[:, i]
