@@ -2,14 +2,15 @@
 
 MMoE, CGC and PLE keep one module per expert and per gate (so each is a parameter of its part, and the state
 dict names them one by one), but looping over them costs a kernel call per expert and per task, which grows
-with T. Here the experts' weights are concatenated at forward time (cheap: the weights are small next to
-a batch's activations) and run as one matmul per layer (a batch norm in eval mode folded into it); gates likewise as one Linear with k x m outputs, one
-batched softmax and one batched mixture. Results equal the per-module loop's up to float summation order.
+with T. Here the experts' weights are concatenated at forward time (cheap: the weights are small next to a
+batch's activations) and run as one matmul per layer (a batch norm in eval mode folded into it); gates
+likewise as one Linear with k x m outputs and one softmax; mixtures as batched matmuls or multiply-adds.
+Results equal the per-module loops' up to float rounding (tests/test_experts.py).
 
 Fusion applies to experts that are stacks of `nn.Linear`, `BatchNorm1d`, `nn.ReLU`, `nn.Dropout`,
 `nn.Identity` (nested `nn.Sequential`s and `blocks.DenseLayer` included) of the same shapes and settings, and
 to gates that are plain `nn.Linear`; anything else (another layer type, a module with hooks, experts that
-differ) runs module by module, with the same result.
+differ) runs module by module, with the same result. (Global module hooks are not seen by the fused path.)
 """
 from __future__ import annotations
 
