@@ -35,6 +35,9 @@ VARIANTS = {
     "param_distance": ({"model": "param_distance", "strength": 0.1}, {}),  # a model's penalty on parameters
     "every2": ({"every": 2}, {}),  # cached weights on the step in between
     "accumulate": ({}, {"accumulate_shared": 14, "accumulate_task": 10}),  # UberNet-style accumulation
+    # accumulation of group parameters (a cascade's earlier heads), counted on the global rows labelled for any
+    # of a group's tasks
+    "accumulate_groups": ({"model": "cascade"}, {"accumulate_shared": 14, "accumulate_task": 10}),
     "grad_clip": ({}, {"grad_clip": 0.05}),
     "mmoe": ({"model": "mmoe"}, {}),  # a representation of two parts (inputs, experts [N, E, d])
     "stacked": ({"model": "stacked"}, {}),  # no head entry layers: F kept as it is, not factored
@@ -42,7 +45,7 @@ VARIANTS = {
 EXTRA = [("pcgrad", "parameters", "cross_stitch"), ("equal", None, "cross_stitch"),
          ("mgda", "parameters", "param_distance"), ("uncertainty", None, "param_distance"),
          ("mgda", "features", "every2"), ("upgrad", "parameters", "every2"),
-         ("equal", None, "accumulate"), ("mgda", "features", "accumulate"), ("cagrad", "parameters", "grad_clip"),
+         ("equal", None, "accumulate"), ("equal", None, "accumulate_groups"), ("mgda", "features", "accumulate"), ("cagrad", "parameters", "grad_clip"),
          ("graddrop", "features", "mmoe"), ("db_mtl", "features", "mmoe"), ("mgda", "features", "mmoe"),
          ("graddrop", "features", "stacked"), ("upgrad", "features", "stacked")]
 

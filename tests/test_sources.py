@@ -405,6 +405,69 @@ def test_accumulation_steps_a_part_with_the_sample_weighted_mean_gradient():
     assert tr.accumulator.updates == {"shared": 1, "reg": 1, "bin": 1, "cls": 1}
 
 
+def _cascade(tasks, seed=0):
+    from multitask.models.cascade import Cascade
+
+    torch.manual_seed(seed)
+    return Cascade.tabular(tasks, InputSchema(8), hidden=(16,), head_hidden=(8,))
+
+
+def test_accumulation_steps_a_group_on_the_rows_labelled_for_any_of_its_tasks():
+    """A cascade reg -> bin -> cls: head reg is the group (reg, bin, cls), head bin the group (bin, cls), head cls
+    cls's own. Thresholds 40 (shared, groups) and 20 (tasks), SGD without momentum. Batch A (32 rows): reg
+    labelled, bin on 10 rows, cls on none; batch B (32 rows): all labelled. After A nothing moves (shared 32,
+    group reg 32, group bin 10 rows, cls 0). After B the shared part and head reg step with (32 gA + 32 gB) / 64,
+    head bin with (10 gA + 32 gB) / 42 (A's rows labelled for bin or cls), head cls with gB alone."""
+    tasks, data = synthetic(64, seed=5)
+    y = {t: v.clone() for t, v in data.targets.items()}
+    y["bin"][10:32] = float("nan")
+    y["cls"][:32] = -1
+    model = _cascade(tasks)
+    assert set(map(tuple, model.group_parameters())) == {("reg", "bin", "cls"), ("bin", "cls")}
+    start = copy_params(model)
+    tr = Trainer(model, tasks, optimizer="sgd", momentum=0.0, lr=0.1, progress=False,
+                 accumulate_shared=40, accumulate_task=20)
+    batches = [(data.inputs[a:b], {t: v[a:b] for t, v in y.items()}) for a, b in ((0, 32), (32, 64))]
+    grads = []
+    for x, yy in batches:  # the gradients of the summed losses (Equal) of the labelled tasks, at the start
+        ref = _cascade(tasks)
+        out = ref(x)
+        total = sum(t.loss(out[t.name], yy[t.name]) for t in tasks if bool(t.label_mask(yy[t.name]).any()))
+        grads.append([torch.zeros_like(p) if g is None else g
+                      for p, g in zip(ref.parameters(), torch.autograd.grad(total, list(ref.parameters()),
+                                                                           allow_unused=True))])
+    tr.train_step(*batches[0])
+    assert all(torch.equal(a, b) for a, b in zip(start, model.parameters()))
+    # reg's and bin's own parts are empty here (their heads are groups); reg's reached 20 rows and "stepped"
+    assert tr.accumulator.counts == {"shared": 32, "reg+bin+cls": 32, "bin+cls": 10, "reg": 0, "bin": 10,
+                                     "cls": 0}
+    tr.train_step(*batches[1])
+    weights = {id(p): (10, 32) for p in model.task_heads["bin"].parameters()}
+    weights.update({id(p): (0, 32) for p in model.task_heads["cls"].parameters()})
+    for p0, p, ga, gb in zip(start, model.parameters(), *grads):
+        wa, wb = weights.get(id(p), (32, 32))
+        assert torch.allclose(p, p0 - 0.1 * (wa * ga + wb * gb) / (wa + wb), atol=1e-6)
+    assert tr.accumulator.updates == {"shared": 1, "reg+bin+cls": 1, "bin+cls": 1, "reg": 2, "bin": 1, "cls": 1}
+
+
+def test_accumulation_group_counts_rows_not_entries_and_old_states_load():
+    """A group's and a multilabel task's counts are rows with any label (not labelled entries); a state saved
+    without the group parts (before groups were accumulated) loads with those parts empty."""
+    from multitask import Task
+    from multitask.training.accumulation import PartAccumulator
+
+    tasks = [Task("a", "multilabel", n_outputs=3), Task("b", "binary")]
+    model = _cascade(tasks)
+    tr = Trainer(model, tasks, progress=False, accumulate_shared=5)
+    masks = {"a": torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]], dtype=torch.bool),
+             "b": torch.tensor([False, False, False, True])}
+    assert tr._labelled_rows(torch.zeros(4, 8), masks) == (4, {"a": 2, "b": 1, "a+b": 3})
+    acc = PartAccumulator(model, ["a", "b"], 5, 5)
+    acc.load_state_dict({"counts": {"shared": 2, "a": 1, "b": 0}, "sums": {"shared": [None] * 4, "a": [], "b": []},
+                         "updates": {"shared": 3, "a": 1, "b": 1}})
+    assert acc.counts == {"shared": 2, "a": 1, "b": 0, "a+b": 0} and acc.updates["a+b"] == 0
+
+
 def copy_params(model):
     return [p.detach().clone() for p in model.parameters()]
 

@@ -2,16 +2,20 @@
 
 Shared experts f_i(x); per task k a softmax gate g^k(x) = softmax(W_k x) and a tower h^k:
 y_k = h^k( sum_i g^k(x)_i f_i(x) ).
+
+Each expert and each gate is its own module (and parameter); a forward runs the experts, and the asked tasks'
+gates, each as one concatenated matmul (`multitask.models.experts`), so its cost grows with T by little more
+than the towers.
 """
 from __future__ import annotations
 
 from typing import Iterator, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.conv import ConvFeatures, ImageSpec
+from multitask.models.experts import gate_weights, mix, run_experts, task_blocks
 from multitask.models.layers import EMBEDDING_STD, InputSchema, TabularEncoder, mlp, mlp_out_dim
 from multitask.tasks import Task
 
@@ -61,15 +65,16 @@ class MMoE(MultiTaskModel):
 
     def shared(self, inputs: Inputs) -> tuple[Tensor, Tensor]:
         x = self.encoder(inputs)
-        return x, torch.stack([e(x) for e in self.experts], dim=1)
+        return x, run_experts(self.experts, x)  # all experts as one matmul per layer
 
     def heads(self, representation: tuple[Tensor, Tensor], tasks: Sequence[str]) -> dict[str, Tensor]:
+        """The asked tasks' gates as one Linear and one softmax, their mixtures as one batched matmul (a few
+        tasks at a time, see `task_blocks`); then each task's tower."""
         x, experts = representation
         out = {}
-        for t in tasks:
-            gate = torch.softmax(self.gates[t](x), dim=-1)  # [N, E]
-            mixed = torch.einsum("ne,ned->nd", gate, experts)
-            out[t] = self.towers[t](mixed)
+        for block in task_blocks(tasks, experts[:, 0].nelement() * experts.element_size()):
+            mixed = mix(gate_weights([self.gates[t] for t in block], x), experts)  # [N, k, d]
+            out.update({t: self.towers[t](mixed[:, i]) for i, t in enumerate(block)})
         return out
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:

@@ -18,6 +18,8 @@ last-level experts and gate, its tower. CGC (one level): the shared experts are 
 Cost: (T * n_task_experts + n_shared_experts) expert networks per level, each an expert_hidden MLP (a copy
 of the layers of `Blocks` after the shared bottom); a forward runs every inner-level expert whatever tasks are
 asked for, plus each asked task's last-level experts, gates and tower (it skips the other tasks' own work).
+Each level's experts, and its (asked) tasks' gates, run as one concatenated matmul per layer, and the
+mixtures as batched matmuls (`multitask.models.experts`): only the towers loop over tasks.
 Features mode works on the representation (the last shared mixtures' inputs and expert outputs, see `shared`).
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks, check_depth, column
 from multitask.models.conv import ImageSpec
+from multitask.models.experts import gate_weights, mix, mix_own_and_shared, run_experts, task_blocks
 from multitask.models.layers import EMBEDDING_STD, InputSchema, check_widths, mlp
 from multitask.tasks import Task
 
@@ -37,12 +40,6 @@ from multitask.tasks import Task
 def _count(option: str, value: int, low: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{option} must be an integer >= {low}, got {value!r}")
-
-
-def _mix(gate: nn.Module, gate_input: Tensor, experts: Tensor) -> Tensor:
-    """sum_i softmax(gate(gate_input))_i experts[:, i]: [N, d] from experts [N, m, d]."""
-    weights = torch.softmax(gate(gate_input), dim=-1)
-    return torch.einsum("nm,nmd->nd", weights, experts)
 
 
 class Level(nn.Module):
@@ -127,8 +124,36 @@ class PLE(MultiTaskModel):
                    shared_layers=blocks.n_conv, in_dim=blocks.flat_conv)
 
     # ------------------------------------------------------------------------------------------- forward
-    def _experts(self, experts: nn.ModuleList, x: Tensor) -> Tensor:
-        return torch.stack([self.flat(e(x)) for e in experts], dim=1)  # [N, m, d]
+    # Experts of a level run as one matmul per layer, the gates of a level's (asked) tasks as one Linear and one
+    # softmax, and the mixtures as batched matmuls (`multitask.models.experts`); no loop over tasks but the
+    # towers'. Task mixtures are [N, k, d] for k tasks, task experts [N, k, n_task, d].
+    def _experts(self, experts: Sequence[nn.Module], x: Tensor, groups: int | None = None) -> Tensor:
+        return run_experts(experts, x, groups, self.flat)  # [N, m, d]; grouped: [N, G, m / G, d]
+
+    def _level_experts(self, level: Level, x: Tensor, s_in: Tensor, grouped: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """(E [N, T, n_task, d], Es [N, n_shared, d], all [N, T * n_task + n_shared, d] or None): the level's
+        task experts (reading x, or x[:, i] for task i when `grouped`) and shared experts (reading s_in); when
+        every expert reads the same input, one run gives both, and `all` is their concatenation."""
+        T = len(self.task_names)
+        task = [e for t in self.task_names for e in level.task_experts[t]]
+        if grouped:
+            return self._experts(task, x, groups=T), self._experts(level.shared_experts, s_in), None
+        both = self._experts(task + list(level.shared_experts), x)
+        return both[:, :len(task)].unflatten(1, (T, len(task) // T)), both[:, len(task):], both
+
+    @staticmethod
+    def _shared_mix(gate: nn.Module, gate_input: Tensor, E: Tensor, Es: Tensor, both: Tensor | None) -> Tensor:
+        """The shared gate's mixture [N, d] of every expert of the level (task experts, then shared)."""
+        w = gate_weights([gate], gate_input)  # [N, 1, T * n_task + n_shared]
+        if both is not None:
+            return mix(w, both)[:, 0]
+        T, n = E.shape[1], E.shape[2]  # E a view of a [T, N, ...] product (grouped): one term per expert
+        out = mix(w[..., T * n:], Es)[:, 0]
+        w_task = w[:, 0, :T * n].unflatten(1, (T, n))
+        for t in range(T):
+            for j in range(n):
+                out.addcmul_(w_task[:, t, j, None], E[:, t, j])
+        return out
 
     def shared(self, inputs: Inputs) -> tuple[Tensor, ...]:
         """CGC (one level): (x, S), the bottom's output and the shared experts' outputs [N, n_shared, d].
@@ -140,36 +165,53 @@ class PLE(MultiTaskModel):
         if self.n_levels == 1:
             return x, self._experts(self.levels[0].shared_experts, x)
         xf = self.flat(x)
-        ins, gins, s_in, s_gin = {t: x for t in self.task_names}, {t: xf for t in self.task_names}, x, xf
+        ins, gins, s_in, s_gin, grouped = x, xf, x, xf, False
         for level in self.levels[:-2]:  # inner levels whose task gates are shared: computed in full
-            E = {t: self._experts(level.task_experts[t], ins[t]) for t in self.task_names}
-            Es = self._experts(level.shared_experts, s_in)
-            ins = gins = {t: _mix(level.task_gates[t], gins[t], torch.cat([E[t], Es], 1)) for t in self.task_names}
-            s_in = s_gin = _mix(level.shared_gate, s_gin, torch.cat([*E.values(), Es], 1))
+            E, Es, both = self._level_experts(level, ins, s_in, grouped)
+            w = gate_weights([level.task_gates[t] for t in self.task_names], gins, grouped)
+            ins = gins = mix_own_and_shared(w, E, Es)  # [N, T, d]
+            s_in = s_gin = self._shared_mix(level.shared_gate, s_gin, E, Es, both)
+            grouped = True
         level = self.levels[-2]
-        E = torch.stack([self._experts(level.task_experts[t], ins[t]) for t in self.task_names], dim=1)
-        Es = self._experts(level.shared_experts, s_in)
-        s_out = _mix(level.shared_gate, s_gin, torch.cat([E.flatten(1, 2), Es], 1))
-        S = self._experts(self.levels[-1].shared_experts, s_out)
-        G = xf if self.n_levels == 2 else torch.stack([gins[t] for t in self.task_names], dim=1)
-        return G, E, Es, S
+        E, Es, both = self._level_experts(level, ins, s_in, grouped)
+        S = self._experts(self.levels[-1].shared_experts, self._shared_mix(level.shared_gate, s_gin, E, Es, both))
+        return (xf if self.n_levels == 2 else gins), E, Es, S
 
     def heads(self, representation: tuple[Tensor, ...], tasks: Sequence[str]) -> dict[str, Tensor]:
-        last = self.levels[-1]
-        out = {}
-        for t in tasks:
-            if self.n_levels == 1:
-                x, S = representation
-                h = x
-                g = self.flat(x)
-            else:
-                G, E, Es, S = representation
-                i = self.task_names.index(t)
-                level = self.levels[-2]
-                h = g = _mix(level.task_gates[t], G if self.n_levels == 2 else G[:, i], torch.cat([E[:, i], Es], 1))
-            mixed = _mix(last.task_gates[t], g, torch.cat([self._experts(last.task_experts[t], h), S], 1))
-            out[t] = self.towers[t](mixed)
+        """The asked tasks a few at a time (`task_blocks`: a task's experts and mixture are n_task + 1
+        tensors the size of an expert's output)."""
+        S = representation[-1]
+        per_task = (len(self.levels[-1].task_experts[self.task_names[0]]) + 1) * S[:, 0].nelement() * S.element_size()
+        out: dict[str, Tensor] = {}
+        for block in task_blocks(tasks, per_task):
+            out.update(self._heads(representation, block))
         return out
+
+    def _heads(self, representation: tuple[Tensor, ...], tasks: Sequence[str]) -> dict[str, Tensor]:
+        last, k = self.levels[-1], len(tasks)
+        own = [e for t in tasks for e in last.task_experts[t]]
+        if self.n_levels == 1:
+            x, S = representation
+            h, g = x, self.flat(x)  # every asked task's experts read x, its gate the flattened x
+            grouped = None
+        else:
+            G, E, Es, S = representation
+            idx = [self.task_names.index(t) for t in tasks]
+            if idx == list(range(idx[0], idx[0] + k)):  # consecutive tasks: views, no copy
+                E = E[:, idx[0]:idx[0] + k]
+                G = G if self.n_levels == 2 else G[:, idx[0]:idx[0] + k]
+            else:  # copies of the asked tasks' slices only
+                E = torch.stack([E[:, i] for i in idx], 1)
+                G = G if self.n_levels == 2 else torch.stack([G[:, i] for i in idx], 1)
+            w = gate_weights([self.levels[-2].task_gates[t] for t in tasks], G, grouped=self.n_levels > 2)
+            h = g = mix_own_and_shared(w, E, Es)  # [N, k, d]: task i's last-level experts and gate read g[:, i]
+            grouped = k
+        experts = self._experts(own, h, groups=grouped)
+        if grouped is None:
+            experts = experts.unflatten(1, (k, len(own) // k))  # [N, k, n_task, d]
+        w = gate_weights([last.task_gates[t] for t in tasks], g, grouped=grouped is not None)
+        mixed = mix_own_and_shared(w, experts, S)
+        return {t: self.towers[t](mixed[:, i]) for i, t in enumerate(tasks)}
 
     # ------------------------------------------------------------------------------------------- partition
     def shared_parameters(self) -> Iterator[nn.Parameter]:

@@ -1,8 +1,13 @@
 """UberNet-style gradient accumulation (Kokkinos 2016, "UberNet", section 4): with tasks from different
-datasets a batch need not be the same size for every task. The gradients of the shared parameters and of
-each task's own parameters are accumulated separately, each weighted by the samples it came from (all rows
-of the batch for the shared part, the task's labelled rows for its own part), and each part takes an
-optimiser step with its sample-weighted mean gradient once its own count reaches its threshold.
+datasets a batch need not be the same size for every task. The gradients of the shared parameters, of each
+group of tasks' parameters and of each task's own parameters are accumulated separately, each weighted by the
+samples it came from (all rows of the batch for the shared part, the rows labelled for at least one of its
+tasks for a group, the task's labelled rows for its own part), and each part takes an optimiser step with its
+sample-weighted mean gradient once its own count reaches its threshold.
+
+A group (`MultiTaskModel.group_parameters()`: a branch that some tasks share, a cascade's earlier head) is a
+shared part for its tasks, so it follows the shared rule restricted to them: its threshold is the shared one,
+and a step in which none of its tasks has a label adds nothing to it (as for a task's own part).
 
 A step's gradients are those the balancer wrote (so any balancing method works); the accumulation only
 decides when which part steps. Parameters in no part (e.g. a balancer's own) step every step.
@@ -17,9 +22,15 @@ from torch import Tensor
 SHARED = "shared"
 
 
+def group_name(tasks: Sequence[str]) -> str:
+    """A group's part name: its tasks joined by '+' (as the CLI and the branched family name groups)."""
+    return "+".join(tasks)
+
+
 class PartAccumulator:
-    """Accumulates `.grad` per part (shared, and each task) and releases a part once it has seen its
-    threshold of samples (`shared`: rows; `task`: labelled rows of that task)."""
+    """Accumulates `.grad` per part (shared, each group of tasks, and each task) and releases a part once it
+    has seen its threshold of samples (`shared`: rows, for the shared part and each group; `task`: labelled
+    rows of that task). A group counts the rows labelled for at least one of its tasks."""
 
     def __init__(self, model: torch.nn.Module, tasks: Sequence[str], shared: int, task: int) -> None:
         for name, v in (("shared", shared), ("task", task)):
@@ -30,16 +41,36 @@ class PartAccumulator:
         except NotImplementedError:
             raise ValueError(f"{type(model).__name__} does not say which parameters are shared and which are a "
                              "task's own (shared_parameters / task_parameters): accumulation needs both") from None
+        group_params = getattr(model, "group_parameters", dict)()
+        self.groups: dict[str, tuple[str, ...]] = {}  # a group's part name -> its tasks
+        for group, params in group_params.items():
+            name = group_name(group)
+            if name in parts:
+                raise ValueError(f"{type(model).__name__}: the group of tasks {list(group)} would be accumulated "
+                                 f"as part {name!r}, which is already a task's or the shared part's name")
+            self.groups[name] = tuple(group)
+            parts[name] = list(params)
+        seen: dict[int, str] = {}
+        for part, params in parts.items():
+            for p in params:
+                if seen.setdefault(id(p), part) != part:
+                    raise ValueError(f"{type(model).__name__}: a parameter of shape {tuple(p.shape)} is in both "
+                                     f"part {seen[id(p)]!r} and part {part!r}; each may step on one count only")
         self.parts = parts
-        self.thresholds = {p: (shared if p == SHARED else task) for p in parts}
+        self.thresholds = {p: (task if p in tasks else shared) for p in parts}
         self.counts = dict.fromkeys(parts, 0)
         self.sums: dict[str, list[Tensor | None]] = {p: [None] * len(ps) for p, ps in parts.items()}
-        self.in_parts = {id(p) for ps in parts.values() for p in ps}
+        self.in_parts = set(seen)
         self.updates = dict.fromkeys(parts, 0)  # optimiser steps taken by each part
 
     def add(self, rows: int, labelled: Mapping[str, int]) -> bool:
         """Fold this step's `.grad` into the sums; then leave in `.grad` only the mean gradients of the parts
-        that reached their threshold (None elsewhere). True when any part steps now."""
+        that reached their threshold (None elsewhere). `labelled`: per task, and per group part name (see
+        `groups`), its rows with a label (for a group: with a label for at least one of its tasks). True when
+        any part steps now."""
+        missing = [g for g in self.groups if g not in labelled]
+        if missing:
+            raise ValueError(f"labelled row counts lack the group part(s) {missing}")
         ready = []
         for part, params in self.parts.items():
             weight = rows if part == SHARED else int(labelled.get(part, 0))
@@ -69,9 +100,12 @@ class PartAccumulator:
                 "updates": dict(self.updates)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.counts = dict(state["counts"])
-        self.sums = {p: list(s) for p, s in state["sums"].items()}
-        self.updates = dict(state["updates"])
+        """Restore counts, sums and updates; a part the state does not have (a group, in a checkpoint written
+        before groups were accumulated) starts from nothing."""
+        self.counts = {p: state["counts"].get(p, 0) for p in self.parts}
+        self.sums = {p: list(state["sums"][p]) if p in state["sums"] else [None] * len(ps)
+                     for p, ps in self.parts.items()}
+        self.updates = {p: state["updates"].get(p, 0) for p in self.parts}
 
 
-__all__ = ["PartAccumulator"]
+__all__ = ["PartAccumulator", "group_name"]

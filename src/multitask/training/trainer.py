@@ -498,9 +498,17 @@ class Trainer:
         return losses
 
     def _labelled_rows(self, inputs: Any, masks: Mapping[str, Tensor]) -> tuple[int, dict[str, int]]:
-        """(rows of the batch, per task its rows with a label): what the accumulator counts."""
+        """(rows of the batch, per task its rows with at least one label, and per group part of the accumulator
+        its rows with a label for at least one of the group's tasks): what the accumulator counts."""
         rows = n_rows(inputs)
-        return rows, {t: rows if masks.get(t) is None else int(masks[t].sum()) for t in self.tasks}
+        labelled_rows = {t: None if masks.get(t) is None else masks[t] if masks[t].dim() == 1
+                         else masks[t].flatten(1).any(1) for t in self.tasks}
+        counts = {t: rows if m is None else int(m.sum()) for t, m in labelled_rows.items()}
+        for part, group in (self.accumulator.groups.items() if self.accumulator is not None else ()):
+            ms = [labelled_rows.get(t) for t in group]
+            union = None if any(m is None for m in ms) else torch.stack(ms).any(0)
+            counts[part] = rows if union is None else int(union.sum())
+        return rows, counts
 
     def _shares(self, inputs: Any, targets: Mapping[str, Tensor], masks: Mapping[str, Tensor],
                 loss_of: Callable[[str, Tensor], Tensor]
@@ -512,7 +520,8 @@ class Trainer:
         tasks = list(self.tasks)
         rows, labelled = self._labelled_rows(inputs, masks)
         entries = [float(targets[t].numel() if masks.get(t) is None else masks[t].sum()) for t in tasks]
-        total = self.dist.shares([rows] + entries + [float(labelled[t]) for t in tasks])
+        parts = list(labelled)  # the tasks, then the accumulator's groups
+        total = self.dist.shares([rows] + entries + [float(labelled[p]) for p in parts])
         global_entries = dict(zip(tasks, total[1:1 + len(tasks)]))
         local = dict(zip(tasks, entries))
         self.dist.row_share = rows / total[0] if total[0] > 0 else 0.0
@@ -524,7 +533,7 @@ class Trainer:
             return loss_of(t, output) * (local[t] / global_entries[t])
 
         present = {t: global_entries[t] > 0 for t in tasks}
-        return share_of, present, (int(total[0]), {t: int(v) for t, v in zip(tasks, total[1 + len(tasks):])})
+        return share_of, present, (int(total[0]), {p: int(v) for p, v in zip(parts, total[1 + len(tasks):])})
 
     def _loss_terms(self, inputs: Any, masks: Mapping[str, Tensor]) -> dict[str, LossTerm]:
         """What this step adds to or puts in place of task losses: the distillation terms of the rows without
