@@ -154,8 +154,8 @@ def rechub_inputs(bundle) -> tuple[list[str], list[str], dict[str, np.ndarray], 
     as they are, our standardised numeric columns as they are and binned (`<name>_bin`) at train quantiles."""
     pre = bundle.preprocessor
     cat, num = list(pre.categorical), list(pre.numeric)
-    edges = {c: np.unique(np.quantile(bundle.train.inputs["num"][:, j].numpy(), np.linspace(0, 1, RECHUB_BINS + 1)[1:-1]))
-             for j, c in enumerate(num)}
+    inner = np.linspace(0, 1, RECHUB_BINS + 1)[1:-1]
+    edges = {c: np.unique(np.quantile(bundle.train.inputs["num"][:, j].numpy(), inner)) for j, c in enumerate(num)}
 
     def arrays(d: MultiTaskData) -> dict[str, np.ndarray]:
         x = {c: d.inputs["cat"][:, j].numpy() for j, c in enumerate(cat)}
@@ -346,7 +346,12 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="folder for <name>.md and <name>.json")
     ap.add_argument("--report", default=None, metavar="JSON",
                     help="write the report again from a run's .json (new wording, same numbers); trains nothing")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="one report from the .json of runs made apart (e.g. one process per seed): runs joined, "
+                         "the Δm baseline recomputed over all of them; trains nothing")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args)
     if args.report:
         result = json.loads(Path(args.report).read_text())
         for k in ("seeds", "epochs", "patience", "limit"):
@@ -364,7 +369,8 @@ def main() -> None:
         notes += dropped
         plan[family] = opts
     version = rechub_version() if args.rechub == "auto" else None
-    beside = {f"{f}{RECHUB_LIKE_SUFFIX}": {**plan[f], **RECHUB_LIKE} for f in FUNNEL_FAMILIES if f in plan} if version else {}
+    beside = ({f"{f}{RECHUB_LIKE_SUFFIX}": {**plan[f], **RECHUB_LIKE} for f in FUNNEL_FAMILIES if f in plan}
+              if version else {})
     wall, cpu = time.perf_counter(), time.process_time()
     bundle = load_census_funnel(limit=args.limit, seed=0)
     runs: list[dict] = []
@@ -378,6 +384,10 @@ def main() -> None:
             print(f"FAILED {what}:\n{traceback.format_exc()}", flush=True)
             return
         runs.append(r)
+        if args.out:  # the runs so far, so that a run stopped early still leaves its finished measurements
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{args.name}.runs.json").write_text(json.dumps(runs, indent=1))
         print(f"seed {r['seed']} {r['library']:<12} {r['family']:<12} {r['balancer']:<11} "
               + " ".join(f"{m} {r['test'][m]['auc']:.4f}" for m in METRICS)
               + f"  {r['s_per_epoch']:.2f} s/epoch x {r['epochs']}", flush=True)
@@ -393,7 +403,8 @@ def main() -> None:
         for family, opts in beside.items():
             attempt(f"{family} / equal / seed {seed}", lambda: run_ours(bundle, family, opts, "equal", seed, args))
 
-    base = [r for r in runs if r["library"] == "multitask" and r["family"] == "independent" and r["balancer"] == "equal"]
+    base = [r for r in runs
+            if r["library"] == "multitask" and r["family"] == "independent" and r["balancer"] == "equal"]
     if not base:
         raise SystemExit("no Independent + equal run finished: no Δm baseline")
     if version:
@@ -426,12 +437,41 @@ def main() -> None:
         notes.append(f"--limit {args.limit}: a trial run on few rows; its numbers say little about the methods.")
     outside = outside_funnel(args.limit)
     exe = os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..") else "python"
-    write(args, {"command": sys.argv, "executable": exe, "machine": machine_line() + (f", torch-rechub {version}" if version else ""),
+    machine = machine_line() + (f", torch-rechub {version}" if version else "")
+    write(args, {"command": sys.argv, "executable": exe, "machine": machine,
                  "runs": runs, "baseline_mean": mean_metrics(base), "failures": failures, "notes": notes,
                  "rates": rates(bundle), "outside": outside,
                  "settings": {"seeds": args.seeds, "epochs": args.epochs, "patience": args.patience,
                               "limit": args.limit, "threads": args.threads, "balancers": args.balancers,
                               "families": args.families, "options": {f: o for f, o in plan.items()}}})
+
+
+def merge(args) -> None:
+    """One report from result .json files of the same settings but other seeds (runs in parallel)."""
+    parts = [json.loads(Path(p).read_text()) for p in args.merge]
+
+    def same(p: dict) -> dict:
+        return {k: v for k, v in p["settings"].items() if k != "seeds"}
+
+    if any(same(p) != same(parts[0]) or p["rates"] != parts[0]["rates"] for p in parts):
+        raise SystemExit("--merge: the parts were run with different settings or data; they cannot share a table")
+    runs = [r for p in parts for r in p["runs"]]
+    runs.sort(key=lambda r: r["seed"])
+    seeds = sorted({r["seed"] for r in runs})
+    base = [r for r in runs
+            if r["library"] == "multitask" and r["family"] == "independent" and r["balancer"] == "equal"]
+    timing = "Total wall time of this run"
+    notes = list(dict.fromkeys(n for p in parts for n in p["notes"] if not n.startswith(timing)))
+    notes.append("Run as separate processes (one core each), merged with --merge: " + "; ".join(
+        " ".join(p["command"][1:]) + "".join(f" ({n[len(timing) + 2:].rstrip('.')})" for n in p["notes"]
+                                             if n.startswith(timing)) for p in parts) + ".")
+    result = {**parts[0], "command": sys.argv, "runs": runs, "baseline_mean": mean_metrics(base),
+              "failures": [f for p in parts for f in p["failures"]], "notes": notes,
+              "settings": {**parts[0]["settings"], "seeds": seeds}}
+    for k in ("epochs", "patience", "limit"):
+        setattr(args, k, result["settings"][k])
+    args.seeds = seeds
+    write(args, result)
 
 
 def outside_funnel(limit: int | None) -> dict[str, int]:

@@ -53,12 +53,14 @@ def census_funnel_targets(df: pd.DataFrame) -> dict[str, torch.Tensor]:
     the person worked and the income is. Weeks that are not a whole number 0..52 are an error naming the
     column."""
     weeks = pd.to_numeric(df["weeks_worked_in_year"], errors="coerce")
-    text = df["weeks_worked_in_year"].astype(object).where(df["weeks_worked_in_year"].notna(), "").map(str).str.strip()
+    cells = df["weeks_worked_in_year"]
+    text = cells.astype(object).where(cells.notna(), "").map(str).str.strip()
     bad = (weeks.isna() & (text != "")) | (weeks < 0) | (weeks > WEEKS_IN_YEAR) | (weeks.notna() & (weeks % 1 != 0))
     if bad.any():
         k, examples = int(bad.sum()), ", ".join(repr(v) for v in pd.unique(text[bad])[:3])
-        raise ValueError(f"census column 'weeks_worked_in_year' (task 'works'): {k} {'row has' if k == 1 else 'rows have'} "
-                         f"a value that is not a whole week count 0..{WEEKS_IN_YEAR} (e.g. {examples})")
+        raise ValueError(f"census column 'weeks_worked_in_year' (task 'works'): {k} "
+                         f"{'row has' if k == 1 else 'rows have'} a value that is not a whole week count "
+                         f"0..{WEEKS_IN_YEAR} (e.g. {examples})")
     w = weeks.to_numpy(dtype=float)
     works = np.where(np.isnan(w), np.nan, w > 0)
     income = _binary_target(df, "income", "high_income", "50000+", ("50000+", "- 50000"), strip=".").numpy()
