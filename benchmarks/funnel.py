@@ -444,6 +444,8 @@ def main() -> None:
                  "settings": {"seeds": args.seeds, "epochs": args.epochs, "patience": args.patience,
                               "limit": args.limit, "threads": args.threads, "balancers": args.balancers,
                               "families": args.families, "options": {f: o for f, o in plan.items()}}})
+    if args.out:  # the whole result is written: the file of runs so far is no longer needed
+        (Path(args.out) / f"{args.name}.runs.json").unlink(missing_ok=True)
 
 
 def merge(args) -> None:
