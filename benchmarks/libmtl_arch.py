@@ -257,10 +257,10 @@ def train_libmtl(bundle, arch_name: str, widths: Sequence[int], seed: int, args,
     model = build_libmtl(libmtl, arch_name, widths, spec)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     xs, ys = bundle.train.inputs, bundle.train.targets
-    best, best_state, best_epoch, seconds = float("inf"), None, -1, []
+    best, best_state, best_epoch, seconds, cpu = float("inf"), None, -1, [], []
     for epoch in range(args.epochs):
         model.train()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for idx in shuffled_batches(len(xs), args.batch_size, epoch_generator(seed, epoch)):
             preds = model(norm(xs[idx]))
             losses = torch.stack([F.cross_entropy(preds[t], ys[t][idx]) for t in TASK_NAMES])
@@ -268,15 +268,28 @@ def train_libmtl(bundle, arch_name: str, widths: Sequence[int], seed: int, args,
             model.backward(losses)
             opt.step()
         seconds.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
         loss = val_loss(model, bundle.val.inputs, bundle.val.targets, norm)
         if loss < best:
             best, best_state, best_epoch = loss, copy.deepcopy(model.state_dict()), epoch + 1  # 1-based, as ours
     model.load_state_dict(best_state)
     return {"test_accuracy": accuracy(model, bundle.test.inputs, bundle.test.targets, norm),
-            "epoch_seconds": seconds, "parameters": count_parameters(model), "best_epoch": best_epoch}
+            "epoch_seconds": seconds, "epoch_cpu_seconds": cpu, "parameters": count_parameters(model),
+            "best_epoch": best_epoch}
 
 
 # ------------------------------------------------------------------------------------------------ ours
+class CPUTimedTrainer(Trainer):
+    """Our Trainer; each epoch record also has `cpu_seconds`, the process CPU time of its training part (on a
+    shared machine a niced process's wall time mostly measures how long it waited for a core)."""
+
+    def _train_epoch(self, batches: Any, train: Any) -> dict:
+        start = time.process_time()
+        record = super()._train_epoch(batches, train)
+        record["cpu_seconds"] = time.process_time() - start
+        return record
+
+
 def our_resnet_model(family: str, spec: ImageSpec, widths: Sequence[int]) -> nn.Module:
     """Our family on SmallResNet: the same encoder and linear heads as the LibMTL runs (stitches after the
     stages 1-3, as LibMTL's Cross_stitch; CGC experts are whole SmallResNets gated on the flattened image)."""
@@ -302,13 +315,14 @@ def train_ours(bundle, family: str, network: str, widths: Sequence[int], seed: i
     spec = bundle.preprocessor.schema
     torch.manual_seed(seed)
     model = (build_model(family, TASKS, spec) if network == "lenet" else our_resnet_model(family, spec, widths))
-    trainer = Trainer(model, TASKS, BALANCERS["equal"](TASKS),
+    trainer = CPUTimedTrainer(model, TASKS, BALANCERS["equal"](TASKS),
                       TrainerConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
                                     eval_batch_size=EVAL_BATCH, progress=False))
     history = trainer.fit(bundle.train, bundle.val)
     test = trainer.evaluate(bundle.test)["metrics"]
     return {"test_accuracy": {t: test[t]["accuracy"] for t in TASK_NAMES},
-            "epoch_seconds": [r["seconds"] for r in history], "parameters": count_parameters(model),
+            "epoch_seconds": [r["seconds"] for r in history],
+            "epoch_cpu_seconds": [r["cpu_seconds"] for r in history], "parameters": count_parameters(model),
             "best_epoch": trainer.early.best_epoch}
 
 
@@ -346,7 +360,8 @@ def run_one(bundle, run, seed: int, args, libmtl) -> dict:
     else:
         r = train_ours(bundle, arch, "lenet" if network.startswith("LeNet") else "resnet", widths, seed, args)
     return {"library": library, "architecture": arch, "network": network, "seed": seed, **r,
-            "s_per_epoch": statistics.median(r["epoch_seconds"])}
+            "s_per_epoch": statistics.median(r["epoch_seconds"]),
+            "cpu_s_per_epoch": statistics.median(r["epoch_cpu_seconds"])}
 
 
 def key(r: dict) -> tuple[str, str, str]:
@@ -371,6 +386,7 @@ def summarise(results: list[dict]) -> list[dict]:
                      "delta_m_mean": statistics.mean(dms) if dms else None,
                      "delta_m_std": (statistics.stdev(dms) if len(dms) > 1 else 0.0) if dms else None,
                      "s_per_epoch": statistics.median(r["s_per_epoch"] for r in rs),
+                     "cpu_s_per_epoch": statistics.median(r["cpu_s_per_epoch"] for r in rs),
                      "parameters": rs[0]["parameters"],
                      "best_epochs": [r["best_epoch"] for r in rs]})
     return rows
@@ -378,12 +394,13 @@ def summarise(results: list[dict]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     lines = ["| library | architecture | network | seeds | left acc | right acc | Δm % vs our Independent (LeNet) "
-             "| parameters | train s/epoch | best epochs |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| parameters | train CPU s/epoch | train wall s/epoch | best epochs |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         dm = "—" if r["delta_m_mean"] is None else f"{r['delta_m_mean']:+.2f} ± {r['delta_m_std']:.2f}"
         lines.append(f"| {r['library']} | {r['architecture']} | {r['network']} | {len(r['seeds'])} | "
                      f"{r['left_mean']:.4f} ± {r['left_std']:.4f} | {r['right_mean']:.4f} ± {r['right_std']:.4f} | "
-                     f"{dm} | {r['parameters']:,} | {r['s_per_epoch']:.1f} | "
+                     f"{dm} | {r['parameters']:,} | {r['cpu_s_per_epoch']:.2f} | {r['s_per_epoch']:.1f} | "
                      f"{' '.join(str(e) for e in r['best_epochs'])} |")
     return "\n".join(lines)
 
@@ -414,6 +431,8 @@ def main() -> int:
                    help="also run LibMTL MTAN unmodified (widths 64-512) for these seeds")
     p.add_argument("--only", nargs="*", default=[], help="run only runs whose library:architecture:network "
                    "contains one of these strings (quick checks)")
+    p.add_argument("--time-only", action="store_true", help="timing pass: validation and test cut to their "
+                   "first 256 rows (the accuracies are then meaningless; only the s/epoch columns count)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--libmtl-path", default=os.environ.get("LIBMTL_PATH", "/work/libmtl-src"))
     p.add_argument("--out", default="docs/benchmarks")
@@ -428,6 +447,9 @@ def main() -> int:
     bundle = load_multi_fashion(seed=0)
     if args.train_size:
         bundle.train = bundle.train.subset(torch.arange(min(args.train_size, len(bundle.train))))
+    if args.time_only:
+        bundle.val = bundle.val.subset(torch.arange(256))
+        bundle.test = bundle.test.subset(torch.arange(256))
     runs = plan(args)
     seeds = sorted({s for r in runs for s in r[4]})
     print(f"train {len(bundle.train)}, val {len(bundle.val)}, test {len(bundle.test)}; {args.epochs} epochs; "
@@ -442,7 +464,8 @@ def main() -> int:
             results.append(r)
             print(f"{r['library']:<9} {r['architecture']:<13} {r['network']:<28} seed {seed}: left "
                   f"{r['test_accuracy']['left']:.4f} right {r['test_accuracy']['right']:.4f}, "
-                  f"{r['s_per_epoch']:.1f} s/epoch, {r['parameters']:,} params", flush=True)
+                  f"{r['cpu_s_per_epoch']:.2f} CPU s/epoch ({r['s_per_epoch']:.1f} wall), {r['parameters']:,} params",
+                  flush=True)
     rows = summarise(results)
     wall = time.perf_counter() - start
     text = table(rows)
@@ -467,9 +490,13 @@ def main() -> int:
         f"lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs, summed cross-entropy (our equal = LibMTL "
         f"EW), lowest-validation-loss epoch restored; LibMTL at commit {settings['libmtl_commit'][:12]}, CGC/PLE "
         f"num_experts {list(EXPERTS)}\n"
-        f"{machine_line()}\n\n"
+        + ("Timing pass (--time-only): validation and test are their first 256 rows, so the accuracy and Δm "
+           "columns mean nothing here; only parameters and s/epoch count.\n" if args.time_only else "")
+        + f"{machine_line()}\n\n"
         "Accuracy: test, mean ± std over seeds. Δm: against our Independent (LeNet) mean over seeds, per seed, "
-        "then mean ± std. train s/epoch: training only (no validation), median over epochs then seeds. Best "
+        "then mean ± std. train CPU / wall s/epoch: training only (no validation), process CPU seconds (one torch "
+        "thread) and wall seconds, median over epochs then seeds; on this shared machine the wall time of a niced "
+        "process is mostly waiting, so compare the CPU column. Best "
         "epochs: the restored epoch per seed (1-based).\n\n"
         f"{text}\n\nWall time {wall:.0f} s.\n"
         + (notes or f"\n{NOTES}\n"))
