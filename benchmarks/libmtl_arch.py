@@ -33,13 +33,14 @@ import copy
 import importlib
 import json
 import os
+import re
 import statistics
 import sys
 import time
 import types
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy
 import torch
@@ -368,6 +369,40 @@ def key(r: dict) -> tuple[str, str, str]:
     return r["library"], r["architecture"], r["network"]
 
 
+def median_or_none(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+LOG_LINE = re.compile(r"^(LibMTL|multitask)\s+(\S+)\s+(.+?)\s+seed (\d+): left ([\d.]+) right ([\d.]+), "
+                      r"(?:([\d.]+) CPU s/epoch \(([\d.]+) wall\)|([\d.]+) s/epoch), ([\d,]+) params$")
+
+
+def results_from_log(path: str) -> tuple[dict[str, int], list[dict]]:
+    """Row counts and per-run results from the printed lines of a run of this script that did not finish (the
+    machine is shared; a run can outlast its slot). Lines of older versions carry wall s/epoch only."""
+    lines = Path(path).read_text().splitlines()
+    head = re.match(r"train (\d+), val (\d+), test (\d+)", lines[0]) if lines else None
+    if head is None:
+        raise SystemExit(f"{path}: not a log of benchmarks/libmtl_arch.py (no 'train N, val N, test N' first line)")
+    rows = dict(zip(("train", "val", "test"), map(int, head.groups())))
+    results = []
+    for line in lines[1:]:
+        m = LOG_LINE.match(line.strip())
+        if m:
+            lib, arch, net, seed, left, right, cpu, wall_new, wall_old, params = m.groups()
+            results.append({"library": lib, "architecture": arch, "network": net.strip(), "seed": int(seed),
+                            "test_accuracy": {"left": float(left), "right": float(right)},
+                            "parameters": int(params.replace(",", "")), "best_epoch": None,
+                            "s_per_epoch": float(wall_new or wall_old),
+                            "cpu_s_per_epoch": float(cpu) if cpu else None, "from_log": True})
+    return rows, results
+
+
 def summarise(results: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in results:
@@ -385,8 +420,8 @@ def summarise(results: list[dict]) -> list[dict]:
                      **{f"{t}_std": statistics.stdev(v) if len(v) > 1 else 0.0 for t, v in acc.items()},
                      "delta_m_mean": statistics.mean(dms) if dms else None,
                      "delta_m_std": (statistics.stdev(dms) if len(dms) > 1 else 0.0) if dms else None,
-                     "s_per_epoch": statistics.median(r["s_per_epoch"] for r in rs),
-                     "cpu_s_per_epoch": statistics.median(r["cpu_s_per_epoch"] for r in rs),
+                     "s_per_epoch": median_or_none(r["s_per_epoch"] for r in rs),
+                     "cpu_s_per_epoch": median_or_none(r.get("cpu_s_per_epoch") for r in rs),
                      "parameters": rs[0]["parameters"],
                      "best_epochs": [r["best_epoch"] for r in rs]})
     return rows
@@ -400,8 +435,8 @@ def table(rows: list[dict]) -> str:
         dm = "—" if r["delta_m_mean"] is None else f"{r['delta_m_mean']:+.2f} ± {r['delta_m_std']:.2f}"
         lines.append(f"| {r['library']} | {r['architecture']} | {r['network']} | {len(r['seeds'])} | "
                      f"{r['left_mean']:.4f} ± {r['left_std']:.4f} | {r['right_mean']:.4f} ± {r['right_std']:.4f} | "
-                     f"{dm} | {r['parameters']:,} | {r['cpu_s_per_epoch']:.2f} | {r['s_per_epoch']:.1f} | "
-                     f"{' '.join(str(e) for e in r['best_epochs'])} |")
+                     f"{dm} | {r['parameters']:,} | {fmt(r['cpu_s_per_epoch'], '.2f')} | {fmt(r['s_per_epoch'], '.1f')} | "
+                     f"{' '.join('—' if e is None else str(e) for e in r['best_epochs'])} |")
     return "\n".join(lines)
 
 
@@ -433,6 +468,8 @@ def main() -> int:
                    "contains one of these strings (quick checks)")
     p.add_argument("--time-only", action="store_true", help="timing pass: validation and test cut to their "
                    "first 256 rows (the accuracies are then meaningless; only the s/epoch columns count)")
+    p.add_argument("--from-log", default=None, help="write the report from the printed lines of a run that did "
+                   "not finish (pass the same settings it ran with); trains nothing")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--libmtl-path", default=os.environ.get("LIBMTL_PATH", "/work/libmtl-src"))
     p.add_argument("--out", default="docs/benchmarks")
@@ -440,42 +477,49 @@ def main() -> int:
     args = p.parse_args()
     if args.epochs < 1 or args.batch_size < 1 or args.train_size < 0 or args.lr <= 0 or min(args.widths) < 1:
         p.error("--epochs, --batch-size and --widths must be >= 1, --train-size >= 0, --lr > 0")
-    libmtl = import_libmtl(args.libmtl_path)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    bundle = load_multi_fashion(seed=0)
-    if args.train_size:
-        bundle.train = bundle.train.subset(torch.arange(min(args.train_size, len(bundle.train))))
-    if args.time_only:
-        bundle.val = bundle.val.subset(torch.arange(256))
-        bundle.test = bundle.test.subset(torch.arange(256))
-    runs = plan(args)
-    seeds = sorted({s for r in runs for s in r[4]})
-    print(f"train {len(bundle.train)}, val {len(bundle.val)}, test {len(bundle.test)}; {args.epochs} epochs; "
-          f"seeds {seeds}; {len(runs)} runs; torch threads {torch.get_num_threads()}", flush=True)
-    warm_up(bundle, args, libmtl)
-    results = []
-    for seed in seeds:
-        for run in runs:
-            if seed not in run[4]:
-                continue
-            r = run_one(bundle, run, seed, args, libmtl)
-            results.append(r)
-            print(f"{r['library']:<9} {r['architecture']:<13} {r['network']:<28} seed {seed}: left "
-                  f"{r['test_accuracy']['left']:.4f} right {r['test_accuracy']['right']:.4f}, "
-                  f"{r['cpu_s_per_epoch']:.2f} CPU s/epoch ({r['s_per_epoch']:.1f} wall), {r['parameters']:,} params",
-                  flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.from_log:
+        counts, results = results_from_log(args.from_log)
+        seeds = sorted({r["seed"] for r in results})
+    else:
+        libmtl = import_libmtl(args.libmtl_path)
+        bundle = load_multi_fashion(seed=0)
+        if args.train_size:
+            bundle.train = bundle.train.subset(torch.arange(min(args.train_size, len(bundle.train))))
+        if args.time_only:
+            bundle.val = bundle.val.subset(torch.arange(256))
+            bundle.test = bundle.test.subset(torch.arange(256))
+        counts = {"train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test)}
+        runs = plan(args)
+        seeds = sorted({s for r in runs for s in r[4]})
+        print(f"train {len(bundle.train)}, val {len(bundle.val)}, test {len(bundle.test)}; {args.epochs} epochs; "
+              f"seeds {seeds}; {len(runs)} runs; torch threads {torch.get_num_threads()}", flush=True)
+        warm_up(bundle, args, libmtl)
+        results = []
+        for seed in seeds:
+            for run in runs:
+                if seed not in run[4]:
+                    continue
+                r = run_one(bundle, run, seed, args, libmtl)
+                results.append(r)
+                print(f"{r['library']:<9} {r['architecture']:<13} {r['network']:<28} seed {seed}: left "
+                      f"{r['test_accuracy']['left']:.4f} right {r['test_accuracy']['right']:.4f}, "
+                      f"{r['cpu_s_per_epoch']:.2f} CPU s/epoch ({r['s_per_epoch']:.1f} wall), "
+                      f"{r['parameters']:,} params", flush=True)
+                (out / f"{args.name}.partial.json").write_text(json.dumps(results, indent=2))  # a run can be cut
+        (out / f"{args.name}.partial.json").unlink(missing_ok=True)
     rows = summarise(results)
     wall = time.perf_counter() - start
     text = table(rows)
     print(text)
     print(f"wall time {wall:.0f} s")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python"] + [a if " " not in a else repr(a) for a in sys.argv])
-    settings = {**vars(args), "train_rows": len(bundle.train), "val_rows": len(bundle.val),
-                "test_rows": len(bundle.test), "libmtl_commit": libmtl_commit(args.libmtl_path),
+    settings = {**vars(args), "train_rows": counts["train"], "val_rows": counts["val"],
+                "test_rows": counts["test"], "libmtl_commit": libmtl_commit(args.libmtl_path),
                 "libmtl_experts": list(EXPERTS), "machine": machine_line(),
                 "wall_seconds": wall, "command": command}
     (out / f"{args.name}.json").write_text(json.dumps({"settings": settings, "summary": rows, "runs": results},
@@ -485,13 +529,15 @@ def main() -> int:
     md.write_text(
         f"# LibMTL's architectures beside ours on Multi-Fashion ({args.name})\n\n"
         f"Command: `{command}`\n\n"
-        f"Multi-Fashion (data seed 0), tasks left and right: {len(bundle.train):,} train (the first of the "
-        f"training composites) / {len(bundle.val):,} validation / {len(bundle.test):,} test; seeds {seeds}; Adam "
+        f"Multi-Fashion (data seed 0), tasks left and right: {counts['train']:,} train (the first of the "
+        f"training composites) / {counts['val']:,} validation / {counts['test']:,} test; seeds {seeds}; Adam "
         f"lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs, summed cross-entropy (our equal = LibMTL "
         f"EW), lowest-validation-loss epoch restored; LibMTL at commit {settings['libmtl_commit'][:12]}, CGC/PLE "
         f"num_experts {list(EXPERTS)}\n"
         + ("Timing pass (--time-only): validation and test are their first 256 rows, so the accuracy and Δm "
            "columns mean nothing here; only parameters and s/epoch count.\n" if args.time_only else "")
+        + (f"Written from the printed lines of a run that did not finish ({args.from_log}): the seeds it "
+           "completed; lines of its version carry wall s/epoch only.\n" if args.from_log else "")
         + f"{machine_line()}\n\n"
         "Accuracy: test, mean ± std over seeds. Δm: against our Independent (LeNet) mean over seeds, per seed, "
         "then mean ± std. train CPU / wall s/epoch: training only (no validation), process CPU seconds (one torch "
