@@ -23,7 +23,7 @@ blocks) and LibMTL.weighting.EW are loaded; they need torch and numpy alone. Lib
 puts the model on cuda:0 unconditionally); `train_libmtl` is its train_singlelevel step on CPU: forward, task
 losses, zero_grad, model.backward(losses) (EW's), optimizer.step().
 
-    LIBMTL_PATH=/work/libmtl-src python benchmarks/libmtl_arch.py [--train-size 5000] [--epochs 3] [--seeds 0 1 2]
+    LIBMTL_PATH=/work/libmtl-src python benchmarks/libmtl_arch.py [--train-size 4000] [--epochs 3] [--seeds 0 1 2]
 """
 from __future__ import annotations
 
@@ -458,7 +458,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--train-size", type=int, default=5000, help="first N training composites; 0 = all 54,000")
+    p.add_argument("--train-size", type=int, default=4000, help="first N training composites; 0 = all of them")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--widths", type=int, nargs=4, default=[8, 16, 32, 64], help="SmallResNet stage widths")
