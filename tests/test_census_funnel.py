@@ -75,3 +75,53 @@ def test_a_funnel_family_trains_on_it():
     trainer.fit(b.train)
     p = trainer.predict(b.test.inputs)
     assert torch.all(p["high_income"] <= p["works"] + 1e-6)  # pCTCVR = pCTR x pCVR never exceeds pCTR
+
+
+FUNNEL_CONFIG = {
+    "data": {"name": "census-funnel", "limit": 2000},
+    "tasks": {"works": {}, "high_income": {"after": "works"}},
+    "model": {"name": "esmm", "hidden": [16], "embedding_dim": 4},
+    "balancer": {"name": "equal"},
+    "trainer": {"epochs": 1, "batch_size": 128, "progress": False},
+}
+
+
+def test_the_cli_trains_a_funnel_family_on_census_funnel(tmp_path, capsys):
+    """`data: {name: census-funnel}` from YAML: esmm trains on the funnel; the run keeps `after`."""
+    import json
+
+    import yaml
+
+    from multitask.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(FUNNEL_CONFIG))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run), "--no-report"]) == 0
+    final = json.loads((run / "final.json").read_text())
+    assert set(final["test"]) == {"works", "high_income"}
+    assert 0.5 < final["test"]["works"]["auc"] <= 1
+    tasks = json.loads((run / "tasks.json").read_text())
+    after = {t["name"]: t.get("after") for t in (tasks if isinstance(tasks, list) else tasks["tasks"])}
+    assert after == {"works": None, "high_income": "works"}
+
+
+def test_a_funnel_without_its_after_link_is_refused_before_any_work(tmp_path, capsys):
+    import yaml
+
+    from multitask.cli import main
+
+    raw = {**FUNNEL_CONFIG, "tasks": {"works": {}, "high_income": {}}}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "ESMM" in err and "works" in err and "after" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_census_funnel_tasks_are_known_without_reading_the_data():
+    from multitask.data import dataset_tasks
+
+    tasks = dataset_tasks("census-funnel")
+    assert [(t.name, t.kind, t.after) for t in tasks] == [("works", "binary", None), ("high_income", "binary", "works")]

