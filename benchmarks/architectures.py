@@ -92,6 +92,12 @@ RECHUB_LIKE = {"embedding_dim": RECHUB_EMBED_DIM, "embedding_width": "same", "em
 
 # ------------------------------------------------------------------------------------------------ ours
 METRIC_NAMES = {"auc": "AUC", "accuracy": "accuracy"}
+LATENCY_NOTE = (
+    "Inference latency depends on the architecture, not on the seed or the balancer: each family has one value, the "
+    "median over the runs that measured it (the first seed's first balancer; parts run before that rule measured "
+    "every run), for a batch of 10,000 test rows (the first ones, repeated when --limit leaves fewer) on weights "
+    "after training; a family that cannot skip work (`skips_work = False`) computes every task's path even for "
+    "one asked task.")
 
 
 def use_data(name: str) -> None:
@@ -559,10 +565,7 @@ def main() -> None:
         raise SystemExit("no Independent + equal run finished: no Δm baseline")
     baseline = mean_metrics(base_runs)
     notes += [
-        "Inference latency is measured once per family, on the model of the first seed and balancer (it depends "
-        "on the architecture, not on the seed or the balancer), for a batch of 10,000 test rows (the first ones, repeated when --limit leaves fewer) "
-        "on weights after training; a family that cannot skip work (`skips_work = False`) computes every "
-        "task's path even for `tasks=[income]`.",
+        LATENCY_NOTE,
         "Gradient method: MGDA (Sener & Koltun 2018) in parameters mode. It is the canonical gradient method, and "
         "parameters mode is the one mode every family supports (features mode is refused where no representation "
         "is read by all tasks), so every family is balanced the same way; it costs one backward pass per task "
@@ -611,7 +614,7 @@ def remeasure_latency(args) -> None:
     for r in result["runs"]:
         if r["label"] in measured:
             r["infer_ms_one"], r["infer_ms_all"] = measured[r["label"]]
-    result["notes"] = [n for n in result["notes"] if not n.startswith("Inference latency is measured once")]
+    result["notes"] = [n for n in result["notes"] if not n.startswith("Inference latency")]
     result["notes"].append(
         f"Inference latency re-measured after training (`--remeasure-latency`, {machine_line()}, median of "
         f"{args.repeats} calls) on freshly initialised models with each family's options, eval mode, no grad, "
@@ -647,7 +650,9 @@ def merge(args) -> None:
     base_runs = [r for r in runs if r["library"] == "multitask" and r["label"] == "independent"
                  and r["balancer"] == "equal"]
     rechub = next((p["rechub"] for p in parts if "version" in p["rechub"]), parts[0]["rechub"])
-    notes = list(dict.fromkeys(n for p in parts for n in p["notes"] if not n.startswith("Total wall time")))
+    notes = list(dict.fromkeys(n for p in parts for n in p["notes"]
+                               if not n.startswith(("Total wall time", "Inference latency is"))))
+    notes.insert(0, LATENCY_NOTE)
     notes.append("Run as parallel processes (--threads 1 each), merged with --merge: "
                  + "; ".join(" ".join(p["command"][1:]) for p in parts))
     write(args, {"command": sys.argv, "runs": runs, "baseline_mean": mean_metrics(base_runs),
