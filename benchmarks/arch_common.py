@@ -148,3 +148,34 @@ def kept_notes(md) -> str:
         return ""
     old = md.read_text()
     return "\n" + old[old.index(NOTES):] if NOTES in old else ""
+
+
+def rechub_version() -> str | None:
+    """torch-rechub's installed version, or None when this interpreter cannot import it (it is not a dependency of
+    multitask: it lives in the environment benchmarks/rechub_env.sh builds)."""
+    try:
+        import torch_rechub  # noqa: F401
+    except ImportError:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("torch-rechub")
+    except PackageNotFoundError:
+        return "unknown version"
+
+
+def timed_rechub_trainer():
+    """torch-rechub's MTLTrainer that records the seconds of each `train_one_epoch` (its DataLoader included) in
+    `epoch_seconds` (set it to [] before fit)."""
+    from torch_rechub.trainers import MTLTrainer
+
+    class TimedTrainer(MTLTrainer):
+        epoch_seconds: list
+
+        def train_one_epoch(self, data_loader):
+            start = time.perf_counter()
+            out = super().train_one_epoch(data_loader)
+            self.epoch_seconds.append(time.perf_counter() - start)
+            return out
+
+    return TimedTrainer

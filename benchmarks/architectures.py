@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arch_common import (accepted_options, batch_of, families, kept_notes, latency_ms,  # noqa: E402
-                         machine_line, model_latency_ms, options_for)
+                         machine_line, model_latency_ms, options_for, rechub_version, timed_rechub_trainer)
 
 from multitask import config as cfgmod  # noqa: E402
 from multitask.balancing import BALANCERS, GradientBalancer  # noqa: E402
@@ -169,18 +169,6 @@ def check_family(family: str, options: dict, args) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ torch-rechub
-def rechub_version() -> str | None:
-    try:
-        import torch_rechub  # noqa: F401
-    except ImportError:
-        return None
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("torch-rechub")
-    except PackageNotFoundError:
-        return "unknown version"
-
-
 def rechub_features(bundle) -> tuple[list, list[str], list[str]]:
     """torch-rechub features for our preprocessed columns: each categorical code column a SparseFeature with our
     vocabulary size (the codes are the same integers), each standardised numeric column a DenseFeature."""
@@ -217,16 +205,7 @@ def run_rechub(bundle, arch: str, seed: int, args, loaders, features, x10k_rechu
     """torch-rechub's model trained by its MTLTrainer (Adam, our lr and batch size, no weight decay unless
     --rechub-weight-decay; early stopping with its own rule: validation AUC of task 0 = income, patience as ours);
     train seconds per epoch = its train_one_epoch (its DataLoader included)."""
-    from torch_rechub.trainers import MTLTrainer
-
-    class TimedTrainer(MTLTrainer):
-        epoch_seconds: list
-
-        def train_one_epoch(self, data_loader):
-            start = time.perf_counter()
-            out = super().train_one_epoch(data_loader)
-            self.epoch_seconds.append(time.perf_counter() - start)
-            return out
+    TimedTrainer = timed_rechub_trainer()
 
     torch.manual_seed(seed)
     model = rechub_model(arch, features)

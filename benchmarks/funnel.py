@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arch_common import kept_notes, machine_line, options_for  # noqa: E402
+from arch_common import kept_notes, machine_line, options_for, rechub_version, timed_rechub_trainer  # noqa: E402
 
 from multitask import models  # noqa: E402
 from multitask.balancing import BALANCERS  # noqa: E402
@@ -137,18 +137,6 @@ RECHUB_BINS = 10       # its ESMM embeds sparse features only: each numeric colu
 RECHUB_HIDDEN = [128, 64]  # as our esmm / aitm towers
 
 
-def rechub_version() -> str | None:
-    try:
-        import torch_rechub  # noqa: F401
-    except ImportError:
-        return None
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("torch-rechub")
-    except PackageNotFoundError:
-        return "unknown version"
-
-
 def rechub_inputs(bundle) -> tuple[list[str], list[str], dict[str, np.ndarray], Callable]:
     """(categorical names, numeric names, bin edges per numeric column, split -> {column: array}): our code columns
     as they are, our standardised numeric columns as they are and binned (`<name>_bin`) at train quantiles."""
@@ -197,16 +185,7 @@ def run_rechub(bundle, arch: str, seed: int, args, inputs) -> dict:
     train_dl, val_dl, test_dl = dg.generate_dataloader(x_val=splits[1][0], y_val=splits[1][1], x_test=splits[2][0],
                                                        y_test=splits[2][1], batch_size=BATCH)
 
-    from torch_rechub.trainers import MTLTrainer
-
-    class TimedTrainer(MTLTrainer):
-        epoch_seconds: list
-
-        def train_one_epoch(self, data_loader):
-            start = time.perf_counter()
-            out = super().train_one_epoch(data_loader)
-            self.epoch_seconds.append(time.perf_counter() - start)
-            return out
+    TimedTrainer = timed_rechub_trainer()
 
     n_task = 3 if arch == "ESMM" else 2
     with tempfile.TemporaryDirectory() as tmp:
