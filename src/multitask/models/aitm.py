@@ -31,7 +31,7 @@ from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks, check_depth, column
 from multitask.models.conv import ImageSpec
 from multitask.models.funnel import Funnel, Tower
-from multitask.models.layers import InputSchema, mlp
+from multitask.models.layers import EMBEDDING_STD, InputSchema, mlp
 from multitask.tasks import Task
 
 
@@ -81,8 +81,8 @@ class AITM(MultiTaskModel):
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (128, 64),
-                head_hidden: Sequence[int] = (), embedding_dim: int = 8, embedding_std: float | None = None,
-                embedding_width: str = "per_column", dropout: float = 0.0, batch_norm: bool = False,
+                head_hidden: Sequence[int] = (), embedding_dim: int = 8, embedding_std: float | None = EMBEDDING_STD,
+                embedding_width: str = "per_column", dropout: float = 0.0, batch_norm: bool = True,
                 alpha: float = 0.6) -> "AITM":
         """Categorical embeddings shared (`TabularEncoder`'s options); per task a tower of `hidden` layers (with
         BatchNorm1d when `batch_norm`); `alpha` weighs the calibrator."""

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel, has_hooks
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import InputSchema, task_heads
+from multitask.models.layers import EMBEDDING_STD, InputSchema, task_heads
 from multitask.tasks import Task
 
 Group = tuple[str, ...]
@@ -97,8 +97,8 @@ class Branched(MultiTaskModel):
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, branches: Sequence[Any] | None = None,
                 hidden: Sequence[int] = (256, 128), head_hidden: Sequence[int] = (64,), embedding_dim: int = 8,
-                embedding_std: float | None = None, embedding_width: str = "per_column",
-                dropout: float = 0.0, batch_norm: bool = False) -> "Branched":
+                embedding_std: float | None = EMBEDDING_STD, embedding_width: str = "per_column",
+                dropout: float = 0.0, batch_norm: bool = True) -> "Branched":
         """`branches` over the layers of `hidden` (MLP layers on categorical embeddings and numeric columns)."""
         blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
                            batch_norm=batch_norm)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import InputSchema, task_heads
+from multitask.models.layers import EMBEDDING_STD, InputSchema, task_heads
 from multitask.tasks import Task
 
 MISRA_SAME = 0.9  # the paper's best initialisation: alpha_same 0.9, the rest of each row split evenly
@@ -157,10 +157,10 @@ class CrossStitch(StitchedColumns):
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
-                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
+                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = EMBEDDING_STD,
                 embedding_width: str = "per_column", dropout: float = 0.0, stitch_after: Sequence[int] | None = None,
                 init: Literal["identity", "misra"] = "misra", per_channel: bool = False,
-                batch_norm: bool = False) -> "CrossStitch":
+                batch_norm: bool = True) -> "CrossStitch":
         """Per task an embedding encoder and the MLP layers `hidden`, stitched after the layers `stitch_after`."""
         blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
                            batch_norm=batch_norm)

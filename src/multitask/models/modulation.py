@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks, check_depth
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import InputSchema, task_heads
+from multitask.models.layers import EMBEDDING_STD, InputSchema, task_heads
 from multitask.tasks import Task
 
 
@@ -49,9 +49,9 @@ class Modulation(MultiTaskModel):
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
-                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
+                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = EMBEDDING_STD,
                 embedding_width: str = "per_column", dropout: float = 0.0, modulate_from: int = 0,
-                batch_norm: bool = False) -> "Modulation":
+                batch_norm: bool = True) -> "Modulation":
         blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
                            batch_norm=batch_norm)
         return cls(tasks, blocks, modulate_from, head_hidden, dropout)

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import InputSchema, task_heads
+from multitask.models.layers import EMBEDDING_STD, InputSchema, task_heads
 from multitask.tasks import Task
 
 
@@ -94,9 +94,9 @@ class MTAN(MultiTaskModel):
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
-                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
+                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = EMBEDDING_STD,
                 embedding_width: str = "per_column", dropout: float = 0.0, attention_reduction: int = 1,
-                batch_norm: bool = False) -> "MTAN":
+                batch_norm: bool = True) -> "MTAN":
         return cls(tasks, MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
                                     batch_norm=batch_norm),
                    attention_reduction, head_hidden, dropout)

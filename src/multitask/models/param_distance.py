@@ -21,7 +21,7 @@ from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.conv import ImageSpec
 from multitask.models.cross_stitch import check_choice, check_layer_list
-from multitask.models.layers import InputSchema, mlp
+from multitask.models.layers import EMBEDDING_STD, InputSchema, mlp
 from multitask.tasks import Task
 
 
@@ -71,10 +71,10 @@ class ParameterDistance(MultiTaskModel):
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
-                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
+                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = EMBEDDING_STD,
                 embedding_width: str = "per_column", dropout: float = 0.0, penalty: Literal["l2", "trace"] = "l2",
                 strength: float = 0.01, layers: Sequence[int] | None = None,
-                batch_norm: bool = False) -> "ParameterDistance":
+                batch_norm: bool = True) -> "ParameterDistance":
         """Per task an embedding encoder and the MLP layers `hidden`; the layers `layers` of `hidden` are tied."""
         blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
                            batch_norm=batch_norm)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.conv import ImageSpec
 from multitask.models.cross_stitch import StitchedColumns, check_choice, mixing_init
-from multitask.models.layers import InputSchema
+from multitask.models.layers import EMBEDDING_STD, InputSchema
 from multitask.tasks import Task
 
 
@@ -84,11 +84,11 @@ class Sluice(StitchedColumns):
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
-                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
+                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = EMBEDDING_STD,
                 embedding_width: str = "per_column", dropout: float = 0.0, subspaces: int = 2,
                 stitch_after: Sequence[int] | None = None, init: Literal["identity", "misra"] = "misra",
                 layer_mixing: Literal["concat", "sum", "last"] = "concat", orthogonality: float = 0.0,
-                batch_norm: bool = False) -> "Sluice":
+                batch_norm: bool = True) -> "Sluice":
         """Per task an embedding encoder and the MLP layers `hidden`, cut into `subspaces` and mixed."""
         blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
                            batch_norm=batch_norm)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks, check_depth
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import InputSchema, task_heads
+from multitask.models.layers import EMBEDDING_STD, InputSchema, task_heads
 from multitask.tasks import Task
 
 DESCRIPTORS = ("onehot", "embedding")
@@ -90,11 +90,11 @@ class TaskConditioned(MultiTaskModel):
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
-                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
+                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = EMBEDDING_STD,
                 embedding_width: str = "per_column", dropout: float = 0.0,
                 descriptor: Literal["onehot", "embedding"] = "onehot", descriptor_dim: int | None = None,
                 join: Literal["concat", "film"] = "concat", join_at: int = 0,
-                batch_norm: bool = False) -> "TaskConditioned":
+                batch_norm: bool = True) -> "TaskConditioned":
         blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
                            batch_norm=batch_norm)
         return cls(tasks, blocks, descriptor, descriptor_dim, join, join_at, head_hidden, dropout)

@@ -17,7 +17,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import InputSchema, task_heads
+from multitask.models.layers import EMBEDDING_STD, InputSchema, task_heads
 from multitask.tasks import Task
 
 NORMS = ("batch", "layer")
@@ -72,9 +72,9 @@ class TaskNorm(MultiTaskModel):
 
     @classmethod
     def tabular(cls, tasks: Sequence[Task], schema: InputSchema, hidden: Sequence[int] = (256, 128),
-                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = None,
+                head_hidden: Sequence[int] = (64,), embedding_dim: int = 8, embedding_std: float | None = EMBEDDING_STD,
                 embedding_width: str = "per_column", dropout: float = 0.0,
-                norm: Literal["batch", "layer"] = "batch", batch_norm: bool = False) -> "TaskNorm":
+                norm: Literal["batch", "layer"] = "batch", batch_norm: bool = True) -> "TaskNorm":
         blocks = MLPBlocks(schema, hidden, embedding_dim, dropout, embedding_std, embedding_width,
                            batch_norm=batch_norm)
         return cls(tasks, blocks, norm, head_hidden, dropout)
