@@ -85,12 +85,13 @@ def _x(n=16):
 def test_one_group_is_hard_sharing_and_singletons_are_one_model_per_task():
     tasks, schema = _tasks(), InputSchema(6)
     torch.manual_seed(0)
-    tree = Branched.tabular(tasks, schema, hidden=(8, 4), head_hidden=(3,))
+    tree = Branched.tabular(tasks, schema, hidden=(8, 4), head_hidden=(3,), batch_norm=False)
     torch.manual_seed(0)
     hard = HardSharing.tabular(tasks, schema, hidden=(8, 4), head_hidden=(3,), batch_norm=False)
     assert sum(p.numel() for p in tree.parameters()) == sum(p.numel() for p in hard.parameters())
     assert tree.head_entries() is not None and not tree.group_parameters()
-    split = Branched.tabular(tasks, schema, branches=[[[n] for n in NAMES]], hidden=(8, 4), head_hidden=(3,))
+    split = Branched.tabular(tasks, schema, branches=[[[n] for n in NAMES]], hidden=(8, 4), head_hidden=(3,),
+                             batch_norm=False)
     indep = Independent.tabular(tasks, schema, hidden=(8, 4), head_hidden=(3,), batch_norm=False)
     assert not list(split.shared_parameters()) and not split.group_parameters()
     assert sum(p.numel() for p in split.parameters()) == sum(p.numel() for p in indep.parameters())

@@ -166,7 +166,7 @@ def test_cascade_asking_the_first_task_runs_only_the_first_head():
 def test_onehot_concat_is_the_network_with_the_one_hot_appended():
     tasks = TASKS
     torch.manual_seed(0)
-    model = TaskConditioned.tabular(tasks, InputSchema(3), hidden=(5, 4), head_hidden=())
+    model = TaskConditioned.tabular(tasks, InputSchema(3), batch_norm=False, hidden=(5, 4), head_hidden=())
     x = torch.randn(4, 3)
     out = model(x)
     l0, l1 = model.layers[0][0], model.layers[1][0]
@@ -216,7 +216,7 @@ def test_film_at_init_is_the_plain_network(kind, join_at):
 
 def test_mtan_masks_by_hand():
     torch.manual_seed(0)
-    model = MTAN.tabular(TASKS, InputSchema(3), hidden=(5, 4), head_hidden=())
+    model = MTAN.tabular(TASKS, InputSchema(3), batch_norm=False, hidden=(5, 4), head_hidden=())
     _randomize(model)
     x = torch.randn(4, 3)
     p0, p1 = model.shared(x)
@@ -247,7 +247,7 @@ def test_mtan_on_images_carries_masks_across_pooling_and_flattening():
 
 def test_modulation_by_hand():
     torch.manual_seed(0)
-    model = Modulation.tabular(TASKS, InputSchema(3), hidden=(5, 4), head_hidden=(), modulate_from=1)
+    model = Modulation.tabular(TASKS, InputSchema(3), batch_norm=False, hidden=(5, 4), head_hidden=(), modulate_from=1)
     _randomize(model)
     assert [len(model.modulations[t]) for t in model.task_names] == [1, 1, 1]
     x = torch.randn(4, 3)
@@ -256,14 +256,14 @@ def test_modulation_by_hand():
     for t in model.task_names:
         h = torch.relu(F.linear(torch.relu(F.linear(x, l0.weight, l0.bias)), l1.weight, l1.bias))
         assert torch.allclose(out[t], model.task_heads[t](h * model.modulations[t][0]), atol=1e-6)
-    fresh = Modulation.tabular(TASKS, InputSchema(3), hidden=(5, 4))
+    fresh = Modulation.tabular(TASKS, InputSchema(3), batch_norm=False, hidden=(5, 4))
     assert all(torch.equal(m, torch.ones_like(m)) for ms in fresh.modulations.values() for m in ms)
 
 
 @pytest.mark.parametrize("norm", ["batch", "layer"])
 def test_task_norm_by_hand_with_its_own_statistics(norm):
     torch.manual_seed(0)
-    model = TaskNorm.tabular(TASKS, InputSchema(3), hidden=(5,), head_hidden=(), norm=norm)
+    model = TaskNorm.tabular(TASKS, InputSchema(3), batch_norm=False, hidden=(5,), head_hidden=(), norm=norm)
     _randomize(model)
     if norm == "batch":
         for t in model.task_names:
@@ -286,7 +286,7 @@ def test_task_norm_by_hand_with_its_own_statistics(norm):
 @pytest.mark.parametrize("detach", [False, True])
 def test_cascade_by_hand(detach):
     torch.manual_seed(0)
-    model = Cascade.tabular(TASKS, InputSchema(3), hidden=(5,), head_hidden=(), order=["c", "r", "m"],
+    model = Cascade.tabular(TASKS, InputSchema(3), batch_norm=False, hidden=(5,), head_hidden=(), order=["c", "r", "m"],
                             detach=detach)
     x = torch.randn(4, 3)
     z = model.shared(x)
@@ -487,7 +487,7 @@ def test_task_batch_norm_takes_a_one_row_training_batch():
     from multitask import Task as _Task
 
     tasks = [_Task("a", "binary"), _Task("b", "regression")]
-    model = TaskNorm.tabular(tasks, InputSchema(3), hidden=(4,), head_hidden=(), norm="batch")
+    model = TaskNorm.tabular(tasks, InputSchema(3), batch_norm=False, hidden=(4,), head_hidden=(), norm="batch")
     model.train()
     out = model(torch.randn(1, 3))
     assert all(torch.isfinite(v).all() for v in out.values())
