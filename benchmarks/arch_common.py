@@ -3,8 +3,11 @@ helper, and the machine line. Not a benchmark of its own.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import platform
+import tempfile
 import statistics
 import time
 from typing import Any, Sequence
@@ -164,18 +167,33 @@ def rechub_version() -> str | None:
         return "unknown version"
 
 
-def timed_rechub_trainer():
-    """torch-rechub's MTLTrainer that records the seconds of each `train_one_epoch` (its DataLoader included) in
-    `epoch_seconds` (set it to [] before fit)."""
+def fit_rechub(model: torch.nn.Module, loaders, **trainer_options) -> tuple[torch.Tensor, list[float], float]:
+    """Train a torch-rechub model with its MTLTrainer (CPU, its printing silenced) on (train, val, test) loaders,
+    restore its best epoch (it does so only when it stops early; our Trainer always does), and predict the test
+    loader in eval mode: (test outputs, seconds of each `train_one_epoch` (its DataLoader included), fit seconds).
+    `trainer_options` go to MTLTrainer (task_types, optimizer_params, n_epoch, earlystop_*...)."""
     from torch_rechub.trainers import MTLTrainer
 
-    class TimedTrainer(MTLTrainer):
-        epoch_seconds: list
+    epoch_seconds: list[float] = []
 
+    class TimedTrainer(MTLTrainer):
         def train_one_epoch(self, data_loader):
-            start = time.perf_counter()
+            begin = time.perf_counter()
             out = super().train_one_epoch(data_loader)
-            self.epoch_seconds.append(time.perf_counter() - start)
+            epoch_seconds.append(time.perf_counter() - begin)
             return out
 
-    return TimedTrainer
+    train_dl, val_dl, test_dl = loaders
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = TimedTrainer(model, device="cpu", model_path=tmp, **trainer_options)
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            trainer.fit(train_dl, val_dl)
+        seconds = time.perf_counter() - start
+    best = trainer.early_stopper.best_weights
+    if best is not None:
+        model.load_state_dict(best)
+    model.eval()
+    with torch.no_grad():
+        outputs = torch.cat([model(xb) for xb, _ in test_dl])
+    return outputs, epoch_seconds, seconds

@@ -25,14 +25,11 @@ with the interpreter of the environment benchmarks/rechub_env.sh builds:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -42,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from arch_common import (accepted_options, batch_of, families, kept_notes, latency_ms,  # noqa: E402
-                         machine_line, model_latency_ms, options_for, rechub_version, timed_rechub_trainer)
+                         machine_line, model_latency_ms, options_for, rechub_version, fit_rechub)
 
 from multitask import config as cfgmod  # noqa: E402
 from multitask.balancing import BALANCERS, GradientBalancer  # noqa: E402
@@ -205,29 +202,13 @@ def run_rechub(bundle, arch: str, seed: int, args, loaders, features, x10k_rechu
     """torch-rechub's model trained by its MTLTrainer (Adam, our lr and batch size, no weight decay unless
     --rechub-weight-decay; early stopping with its own rule: validation AUC of task 0 = income, patience as ours);
     train seconds per epoch = its train_one_epoch (its DataLoader included)."""
-    TimedTrainer = timed_rechub_trainer()
-
     torch.manual_seed(seed)
     model = rechub_model(arch, features)
-    train_dl, val_dl, test_dl = loaders
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = TimedTrainer(model, task_types=["classification"] * len(TASKS),
-                               optimizer_params={"lr": LR, "weight_decay": args.rechub_weight_decay},
-                               n_epoch=args.epochs, earlystop_patience=args.patience, device="cpu", model_path=tmp)
-        trainer.epoch_seconds = []
-        start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            trainer.fit(train_dl, val_dl)
-        seconds = time.perf_counter() - start
-    best = trainer.early_stopper.best_weights
-    if best is not None:  # it restores the best epoch only when it stops early; we always do (as our Trainer)
-        model.load_state_dict(best)
-    model.eval()
-    probs = []
-    with torch.no_grad():
-        for xb, _ in test_dl:
-            probs.append(model(xb))
-    p = torch.cat(probs).clamp(1e-7, 1 - 1e-7)
+    probs, epoch_seconds, seconds = fit_rechub(
+        model, loaders, task_types=["classification"] * len(TASKS),
+        optimizer_params={"lr": LR, "weight_decay": args.rechub_weight_decay}, n_epoch=args.epochs,
+        earlystop_patience=args.patience)
+    p = probs.clamp(1e-7, 1 - 1e-7)
     # its outputs are probabilities; our metrics read logits (AUC is unchanged; accuracy/F1 threshold 0.5 = logit 0)
     task = {t.name: t for t in bundle.tasks}
     test = {name: task[name].evaluate(torch.logit(p[:, i:i + 1]), bundle.test.targets[name])
@@ -235,8 +216,8 @@ def run_rechub(bundle, arch: str, seed: int, args, loaders, features, x10k_rechu
     n_params = sum(p.numel() for p in model.parameters())
     return {
         "library": "torch-rechub", "family": arch, "label": arch, "balancer": "its mean of losses", "mode": "-",
-        "seed": seed, "test": test, "fit_seconds": seconds, "epoch_seconds": trainer.epoch_seconds,
-        "s_per_epoch": statistics.median(trainer.epoch_seconds), "epochs": len(trainer.epoch_seconds),
+        "seed": seed, "test": test, "fit_seconds": seconds, "epoch_seconds": epoch_seconds,
+        "s_per_epoch": statistics.median(epoch_seconds), "epochs": len(epoch_seconds),
         "parameters": n_params,
         "infer_ms_all": latency_ms(lambda: model(x10k_rechub), args.repeats),
     }

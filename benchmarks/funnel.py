@@ -25,24 +25,21 @@ benchmarks/rechub_env.sh: .bench-rechub/bin/python benchmarks/funnel.py ...).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from arch_common import kept_notes, machine_line, options_for, rechub_version, timed_rechub_trainer  # noqa: E402
+from arch_common import kept_notes, machine_line, options_for, rechub_version, fit_rechub  # noqa: E402
 
 from multitask import models  # noqa: E402
 from multitask.balancing import BALANCERS  # noqa: E402
@@ -185,24 +182,11 @@ def run_rechub(bundle, arch: str, seed: int, args, inputs) -> dict:
     train_dl, val_dl, test_dl = dg.generate_dataloader(x_val=splits[1][0], y_val=splits[1][1], x_test=splits[2][0],
                                                        y_test=splits[2][1], batch_size=BATCH)
 
-    TimedTrainer = timed_rechub_trainer()
-
     n_task = 3 if arch == "ESMM" else 2
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = TimedTrainer(model, task_types=["classification"] * n_task, optimizer_params={"lr": LR},
-                               n_epoch=args.epochs, earlystop_taskid=stop_on, earlystop_patience=args.patience,
-                               device="cpu", model_path=tmp)
-        trainer.epoch_seconds = []
-        start = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            trainer.fit(train_dl, val_dl)
-        seconds = time.perf_counter() - start
-    best = trainer.early_stopper.best_weights
-    if best is not None:  # it restores the best epoch only when it stops early; we always do (as our Trainer)
-        model.load_state_dict(best)
-    model.eval()
-    with torch.no_grad():
-        p = torch.cat([model(xb) for xb, _ in test_dl]).numpy().astype(np.float64)
+    out, epoch_seconds, seconds = fit_rechub(
+        model, (train_dl, val_dl, test_dl), task_types=["classification"] * n_task, optimizer_params={"lr": LR},
+        n_epoch=args.epochs, earlystop_taskid=stop_on, earlystop_patience=args.patience)
+    p = out.numpy().astype(np.float64)
     t = bundle.test.targets
     over = None
     if arch == "ESMM":
@@ -214,8 +198,8 @@ def run_rechub(bundle, arch: str, seed: int, args, inputs) -> dict:
     test = funnel_aucs(p_works, p_ctcvr, s_cvr, t["works"].numpy(), t["high_income"].numpy())
     return {"library": "torch-rechub", "family": arch, "balancer": "its loss", "seed": seed, "test": test,
             "cvr_score": cvr_from, "ratio_over_1": over, "fit_seconds": seconds,
-            "epoch_seconds": trainer.epoch_seconds, "s_per_epoch": statistics.median(trainer.epoch_seconds),
-            "epochs": len(trainer.epoch_seconds), "parameters": sum(q.numel() for q in model.parameters())}
+            "epoch_seconds": epoch_seconds, "s_per_epoch": statistics.median(epoch_seconds),
+            "epochs": len(epoch_seconds), "parameters": sum(q.numel() for q in model.parameters())}
 
 
 # ------------------------------------------------------------------------------------------------ report

@@ -226,26 +226,28 @@ def build_libmtl(libmtl: tuple[types.ModuleType, type], arch_name: str, widths: 
         return MTLmodel()
 
 
-def val_loss(model: nn.Module, x: Tensor, y: dict[str, Tensor], norm: nn.Module) -> float:
-    """Mean over tasks of the mean cross-entropy on a whole split (eval mode, no grad)."""
+def eval_chunks(model: nn.Module, x: Tensor, y: dict[str, Tensor], norm: nn.Module):
+    """(outputs, targets) per chunk of EVAL_BATCH rows of a whole split, in eval mode without grad."""
     model.eval()
-    sums = {t: 0.0 for t in TASK_NAMES}
     with torch.no_grad():
         for start in range(0, len(x), EVAL_BATCH):
-            out = model(norm(x[start:start + EVAL_BATCH]))
-            for t in TASK_NAMES:
-                sums[t] += F.cross_entropy(out[t], y[t][start:start + EVAL_BATCH], reduction="sum").item()
+            yield model(norm(x[start:start + EVAL_BATCH])), {t: y[t][start:start + EVAL_BATCH] for t in TASK_NAMES}
+
+
+def val_loss(model: nn.Module, x: Tensor, y: dict[str, Tensor], norm: nn.Module) -> float:
+    """Mean over tasks of the mean cross-entropy on a whole split (eval mode, no grad)."""
+    sums = {t: 0.0 for t in TASK_NAMES}
+    for out, target in eval_chunks(model, x, y, norm):
+        for t in TASK_NAMES:
+            sums[t] += F.cross_entropy(out[t], target[t], reduction="sum").item()
     return statistics.mean(s / len(x) for s in sums.values())
 
 
 def accuracy(model: nn.Module, x: Tensor, y: dict[str, Tensor], norm: nn.Module) -> dict[str, float]:
-    model.eval()
     right = {t: 0 for t in TASK_NAMES}
-    with torch.no_grad():
-        for start in range(0, len(x), EVAL_BATCH):
-            out = model(norm(x[start:start + EVAL_BATCH]))
-            for t in TASK_NAMES:
-                right[t] += (out[t].argmax(1) == y[t][start:start + EVAL_BATCH]).sum().item()
+    for out, target in eval_chunks(model, x, y, norm):
+        for t in TASK_NAMES:
+            right[t] += (out[t].argmax(1) == target[t]).sum().item()
     return {t: right[t] / len(x) for t in TASK_NAMES}
 
 
