@@ -11,7 +11,7 @@ embeddings; the sampling weight column ``instance_weight`` is dropped. Train 199
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -117,16 +117,25 @@ def load_census_income(path: str | Path | None = None, val_fraction: float = 0.1
     chosen = census_tasks(DEFAULT_TASKS if tasks is None else tasks)
     names = [t.name for t in chosen]
     categorical = [c for c in CATEGORICAL if not (c == "education" and "education" in names)]
+    return census_bundle("census-income", chosen, list(NUMERIC), categorical, lambda df: census_targets(df, names),
+                         path, val_fraction, seed, limit)
+
+
+def census_bundle(name: str, tasks: list[Task], numeric: list[str], categorical: list[str],
+                  targets: Callable[[pd.DataFrame], dict[str, torch.Tensor]], path: str | Path | None,
+                  val_fraction: float, seed: int, limit: int | None, info: dict | None = None) -> DatasetBundle:
+    """A bundle from census-income's two files: a seeded `val_fraction` of the training file for validation, the
+    test file for test; `numeric` and `categorical` columns preprocessed as fitted on the training rows; `targets`
+    of a frame. `limit` reads only the first rows of the training file (half as many of the test file)."""
     folder = find_census_income(path)
     train_df = read_census_csv(folder / CENSUS_FILES[0], limit)
     test_df = read_census_csv(folder / CENSUS_FILES[1], None if limit is None else max(limit // 2, 1))
     split = split_indices(len(train_df), {"train": 1.0 - val_fraction, "val": val_fraction}, seed)
-    fit_rows = train_df.iloc[split["train"].numpy()]
-    pre = TabularPreprocessor(list(NUMERIC), categorical).fit(fit_rows)
-    full = MultiTaskData(pre.transform(train_df), census_targets(train_df, names))
-    test = MultiTaskData(pre.transform(test_df), census_targets(test_df, names))
+    pre = TabularPreprocessor(numeric, categorical).fit(train_df.iloc[split["train"].numpy()])
+    full = MultiTaskData(pre.transform(train_df), targets(train_df))
+    test = MultiTaskData(pre.transform(test_df), targets(test_df))
     return DatasetBundle(
-        "census-income", chosen, full.subset(split["train"]), full.subset(split["val"]), test, pre,
+        name, tasks, full.subset(split["train"]), full.subset(split["val"]), test, pre,
         info={"rows": {"train": len(split["train"]), "val": len(split["val"]), "test": len(test_df)},
-              "source": str(folder)},
+              "source": str(folder), **(info or {})},
     )

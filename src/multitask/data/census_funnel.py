@@ -24,10 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from multitask.data.census import CATEGORICAL, NUMERIC, _binary_target, read_census_csv
-from multitask.data.dataset import DatasetBundle, MultiTaskData, split_indices
-from multitask.data.paths import CENSUS_FILES, find_census_income
-from multitask.data.preprocessing import TabularPreprocessor
+from multitask.data.census import CATEGORICAL, NUMERIC, _binary_target, census_bundle
+from multitask.data.dataset import DatasetBundle
 from multitask.tasks import Task
 
 FUNNEL_TASKS = ("works", "high_income")
@@ -72,15 +70,6 @@ def load_census_funnel(path: str | Path | None = None, val_fraction: float = 0.1
                        limit: int | None = None) -> DatasetBundle:
     """The census-income funnel bundle (tasks works -> high_income; the columns of `LEAKS` dropped). `limit`
     reads only the first rows of the training file (and half as many of the test file), as `load_census_income`."""
-    folder = find_census_income(path)
-    train_df = read_census_csv(folder / CENSUS_FILES[0], limit)
-    test_df = read_census_csv(folder / CENSUS_FILES[1], None if limit is None else max(limit // 2, 1))
-    split = split_indices(len(train_df), {"train": 1.0 - val_fraction, "val": val_fraction}, seed)
-    pre = TabularPreprocessor(list(FUNNEL_NUMERIC), list(FUNNEL_CATEGORICAL)).fit(train_df.iloc[split["train"].numpy()])
-    full = MultiTaskData(pre.transform(train_df), census_funnel_targets(train_df))
-    test = MultiTaskData(pre.transform(test_df), census_funnel_targets(test_df))
-    return DatasetBundle(
-        "census-income-funnel", census_funnel_tasks(), full.subset(split["train"]), full.subset(split["val"]), test,
-        pre, info={"rows": {"train": len(split["train"]), "val": len(split["val"]), "test": len(test_df)},
-                   "source": str(folder), "dropped": dict(LEAKS)},
-    )
+    return census_bundle("census-income-funnel", census_funnel_tasks(), list(FUNNEL_NUMERIC),
+                         list(FUNNEL_CATEGORICAL), census_funnel_targets, path, val_fraction, seed, limit,
+                         info={"dropped": dict(LEAKS)})
