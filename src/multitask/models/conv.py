@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from multitask.models.layers import check_dropout, check_widths, mlp, mlp_out_dim
+from multitask.models.layers import check_count, check_dropout, check_widths, mlp, mlp_out_dim
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,7 @@ def conv_output_size(spec: ImageSpec, conv_channels: Sequence[int], kernel_size:
     check_widths("conv_channels", conv_channels)
     if not conv_channels:
         raise ValueError("conv_channels needs at least one conv layer, e.g. [10, 20]")
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1:
-        raise ValueError(f"kernel_size must be an integer >= 1, got {kernel_size!r}")
+    check_count("kernel_size", kernel_size)
     h, w = spec.height, spec.width
     for _ in conv_channels:
         h, w = (h - kernel_size + 1) // 2, (w - kernel_size + 1) // 2

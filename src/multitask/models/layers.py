@@ -74,6 +74,12 @@ def check_widths(option: str, widths: Sequence[int]) -> None:
             raise ValueError(f"{option}: layer widths must be integers >= 1, got {list(widths)!r}")
 
 
+def check_count(option: str, value: int) -> None:
+    """An integer >= 1 (not a bool); the error names the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{option} must be an integer >= 1, got {value!r}")
+
+
 def check_dropout(dropout: float) -> None:
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
@@ -102,8 +108,7 @@ class TabularEncoder(nn.Module):
     def __init__(self, schema: InputSchema, embedding_dim: int = 8, embedding_std: float | None = None,
                  embedding_width: str = "per_column") -> None:
         super().__init__()
-        if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be an integer >= 1, got {embedding_dim!r}")
+        check_count("embedding_dim", embedding_dim)
         if embedding_width not in ("per_column", "same"):
             raise ValueError(f"embedding_width must be 'per_column' or 'same', got {embedding_width!r}")
         if embedding_std is not None and (isinstance(embedding_std, bool) or not isinstance(embedding_std, (int, float))

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.conv import ConvFeatures, ImageSpec
 from multitask.models.experts import gate_weights, mix, run_experts, task_blocks
-from multitask.models.layers import EMBEDDING_STD, InputSchema, TabularEncoder, mlp, mlp_out_dim
+from multitask.models.layers import EMBEDDING_STD, InputSchema, TabularEncoder, check_count, mlp, mlp_out_dim
 from multitask.tasks import Task
 
 
@@ -31,8 +31,7 @@ class MMoE(MultiTaskModel):
                  expert_hidden: Sequence[int] = (64,), tower_hidden: Sequence[int] = (32,),
                  dropout: float = 0.0, batch_norm: bool = False) -> None:
         super().__init__()
-        if isinstance(n_experts, bool) or not isinstance(n_experts, int) or n_experts < 1:
-            raise ValueError(f"n_experts must be an integer >= 1, got {n_experts!r}")
+        check_count("n_experts", n_experts)
         if not expert_hidden:
             raise ValueError("expert_hidden needs at least one layer")
         self.task_names = [t.name for t in tasks]

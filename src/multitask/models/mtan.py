@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import EMBEDDING_STD, InputSchema, task_heads
+from multitask.models.layers import EMBEDDING_STD, InputSchema, check_count, task_heads
 from multitask.tasks import Task
 
 
@@ -79,8 +79,7 @@ class MTAN(MultiTaskModel):
     def __init__(self, tasks: Sequence[Task], blocks: Blocks, attention_reduction: int = 1,
                  head_hidden: Sequence[int] = (64,), dropout: float = 0.0) -> None:
         super().__init__()
-        if isinstance(attention_reduction, bool) or not isinstance(attention_reduction, int) or attention_reduction < 1:
-            raise ValueError(f"attention_reduction must be an integer >= 1, got {attention_reduction!r}")
+        check_count("attention_reduction", attention_reduction)
         self.task_names = [t.name for t in tasks]
         self.blocks = blocks
         self.encoder = blocks.encoder()

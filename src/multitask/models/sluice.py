@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks
 from multitask.models.conv import ImageSpec
 from multitask.models.cross_stitch import StitchedColumns, check_choice, mixing_init
-from multitask.models.layers import EMBEDDING_STD, InputSchema
+from multitask.models.layers import EMBEDDING_STD, InputSchema, check_count
 from multitask.tasks import Task
 
 
@@ -55,8 +55,7 @@ class Sluice(StitchedColumns):
                  stitch_after: Sequence[int] | None = None, init: Literal["identity", "misra"] = "misra",
                  layer_mixing: Literal["concat", "sum", "last"] = "concat", orthogonality: float = 0.0,
                  head_hidden: Sequence[int] = (64,), dropout: float = 0.0) -> None:
-        if isinstance(subspaces, bool) or not isinstance(subspaces, int) or subspaces < 1:
-            raise ValueError(f"subspaces must be an integer >= 1, got {subspaces!r}")
+        check_count("subspaces", subspaces)
         check_choice("layer_mixing", layer_mixing, ("concat", "sum", "last"))
         if (isinstance(orthogonality, bool) or not isinstance(orthogonality, (int, float))
                 or not 0 <= orthogonality < float("inf")):

@@ -23,14 +23,8 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import ConvBlocks, MLPBlocks
 from multitask.models.conv import ImageSpec, conv_output_size
-from multitask.models.layers import InputSchema, check_dropout, check_flag, mlp
+from multitask.models.layers import InputSchema, check_count, check_dropout, check_flag, mlp
 from multitask.tasks import Task
-
-
-def check_count(option: str, value: int) -> None:
-    """An integer >= 1; the error names the option."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{option} must be an integer >= 1, got {value!r}")
 
 
 class SameConv(nn.Module):

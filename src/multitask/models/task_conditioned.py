@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from multitask.models.base import Inputs, MultiTaskModel
 from multitask.models.blocks import Blocks, ConvBlocks, MLPBlocks, check_depth
 from multitask.models.conv import ImageSpec
-from multitask.models.layers import EMBEDDING_STD, InputSchema, task_heads
+from multitask.models.layers import EMBEDDING_STD, InputSchema, check_count, task_heads
 from multitask.tasks import Task
 
 DESCRIPTORS = ("onehot", "embedding")
@@ -64,9 +64,8 @@ class TaskConditioned(MultiTaskModel):
         if descriptor_dim is not None and (join != "concat" or descriptor != "embedding"):
             raise ValueError("descriptor_dim: only descriptor 'embedding' (with join 'concat') takes it; the "
                              "one-hot has one entry per task")
-        if descriptor_dim is not None and (isinstance(descriptor_dim, bool) or not isinstance(descriptor_dim, int)
-                                           or descriptor_dim < 1):
-            raise ValueError(f"descriptor_dim must be an integer >= 1, got {descriptor_dim!r}")
+        if descriptor_dim is not None:
+            check_count("descriptor_dim", descriptor_dim)
         check_depth("join_at", join_at, blocks, allow_end=False)
         self.task_names = [t.name for t in tasks]
         self.blocks, self.descriptor, self.join, self.join_at = blocks, descriptor, join, join_at
